@@ -1,0 +1,106 @@
+"""`dype plan`: what DyPE will do for an image size, per sampling step, as a table and a picture."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from dype.config import DYPE_METHODS
+from dype.presets import DYPE_PRESET_DESCRIPTIONS, DYPE_PRESETS, resolve_dype_config
+from dype.schedule import SHIFT_MODES
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'3840x2160' → (width, height); both positive multiples of 16."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"--size must look like WIDTHxHEIGHT in pixels (e.g. 3840x2160), got {text!r}")
+    width, height = int(match[1]), int(match[2])
+    for name, value in (("width", width), ("height", height)):
+        if value <= 0 or value % 16:
+            raise ValueError(f"--size {name} must be a positive multiple of 16 (FLUX tokens are 16 px), got {value}")
+    return width, height
+
+
+def add_dype_arguments(parser: argparse.ArgumentParser, default_preset: str = "auto") -> None:
+    """The DyPE options shared by `plan` and `generate`."""
+    presets = "; ".join(f"{name}: {text}" for name, text in DYPE_PRESET_DESCRIPTIONS.items())
+    parser.add_argument(
+        "--preset",
+        choices=DYPE_PRESETS,
+        default=default_preset,
+        help=f"DyPE preset (default {default_preset}). {presets}",
+    )
+    parser.add_argument(
+        "--method", choices=DYPE_METHODS, default="vision_yarn", help="extrapolation method (default vision_yarn)"
+    )
+    parser.add_argument("--scale", type=float, default=None, help="λs in [0, 8]: overrides the preset's scale")
+    parser.add_argument(
+        "--exponent", type=float, default=None, help="λt in [0, 1000]: overrides the preset's exponent"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="show what DyPE does for an image size, step by step (no model needed)",
+        description="Print, per sampling step, σ, κ, each spatial axis's scale, how many frequency slots stay at "
+        "plain RoPE / are blended / are interpolated, and the amplitude; optionally plot it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--size", required=True, help="target image WIDTHxHEIGHT in pixels, e.g. 3840x2160")
+    add_dype_arguments(parser)
+    parser.add_argument("--steps", type=int, default=28, help="number of sampling steps")
+    parser.add_argument(
+        "--shift", choices=SHIFT_MODES, default="official", help="official: μ = 1.15 while DyPE is on; stock: FLUX's μ"
+    )
+    parser.add_argument(
+        "--variant", choices=("dev", "schnell"), default="dev", help="FLUX variant (schnell: no shift)"
+    )
+    parser.add_argument("--plot", type=Path, default=None, help="also write a PNG of the plan here")
+    parser.set_defaults(func=run)
+
+
+def _format_config(config) -> str:
+    if config is None:
+        return "DyPE off (plain RoPE)"
+    return (
+        f"{config.method}, λs={config.dype_scale:g}, λt={config.dype_exponent:g}, "
+        f"start σ={config.dype_start_sigma:g}, {'dynamic' if config.enable_dype else 'static'}"
+    )
+
+
+def format_plan(plan, preset: str, shift: str) -> str:
+    """The plan as a fixed-width text table."""
+    mu = "no shift (schnell)" if plan.mu is None else f"μ={plan.mu:.3f} ({shift})"
+    rows_scale, cols_scale = plan.axis_scales
+    lines = [
+        f"DyPE plan for {plan.width}×{plan.height} (W×H): preset {preset} → {_format_config(plan.config)}",
+        f"schedule: {len(plan.steps)} steps, {mu}; axis scales: rows {rows_scale:.3g}, columns {cols_scale:.3g}",
+        "slots per axis (28): base = plain RoPE, blend = NTK or mixed, interp = ω_base / scale",
+        f"{'step':>4} {'σ':>7} {'κ':>7} | {'rows base/blend/interp':>22} {'amp':>6} | {'cols base/blend/interp':>22} "
+        f"{'amp':>6}",
+    ]
+    for step in plan.steps:
+        kappa = "-" if step.kappa is None else f"{step.kappa:.3f}"
+        cells = [f"{f'{a.at_base}/{a.blended}/{a.interpolated}':>22} {a.amplitude:6.3f}" for a in step.axes]
+        lines.append(f"{step.index + 1:>4} {step.sigma:7.4f} {kappa:>7} | {cells[0]} | {cells[1]}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dype.plan import make_plan
+
+    width, height = parse_size(args.size)
+    config = resolve_dype_config(args.preset, width, height, args.scale, args.exponent, args.method)
+    plan = make_plan(config, width, height, args.steps, args.shift, shifted=args.variant == "dev")
+    print(format_plan(plan, args.preset, args.shift))
+    if args.plot is not None:
+        from dype.plot import plot_plan
+
+        plot_plan(plan, args.plot, title=f"preset {args.preset} → {_format_config(config)}")
+        print(f"wrote {args.plot}")
+    return 0
