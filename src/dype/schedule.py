@@ -41,8 +41,8 @@ def schedule_mu(width: int, height: int, dype_active: bool, shift: str = "offici
 
 def time_shift(mu: float, sigma: float) -> float:
     """σ' = e^μ / (e^μ + 1/σ − 1); 0 stays 0 and 1 stays 1."""
-    if sigma <= 0.0:
-        return 0.0
+    if sigma <= 0.0 or sigma >= 1.0:  # exact ends (e^μ/(e^μ+0) can round to 1 + 2⁻⁵²)
+        return min(max(sigma, 0.0), 1.0)
     return math.exp(mu) / (math.exp(mu) + 1.0 / sigma - 1.0)
 
 
