@@ -1,0 +1,22 @@
+"""DyPE inside InvokeAI's FLUX Denoise (`invokeai==6.14.2`), as a node pack.
+
+Importing this package registers our `flux_denoise` (a subclass of InvokeAI's `FluxDenoiseInvocation`,
+same type name) and the tiled FLUX VAE decode node, and installs the dispatch wrappers FLUX Denoise
+runs through. `register()` does the latter two again and is idempotent: InvokeAI re-executes a
+pack's `__init__.py` on "reload custom nodes".
+Install the loader pack with `dype invokeai install --root PATH`.
+"""
+
+from dype.invokeai import dispatch, flux_denoise, tiled_decode  # noqa: F401 - importing registers the nodes
+from dype.invokeai.flux_denoise import FluxDenoiseInvocation
+
+
+def register() -> None:
+    """Install the dispatch wrappers and make "flux_denoise" resolve to our node. Safe to call again."""
+    dispatch.install()
+    flux_denoise.ensure_registered()
+
+
+register()
+
+__all__ = ["FluxDenoiseInvocation", "register"]
