@@ -24,31 +24,14 @@ from unittest.mock import MagicMock
 
 import torch
 
+from dype._torchvision_compat import import_torchvision
+
 SIZES = [(2048, 2048), (3840, 2160), (4096, 4096)]  # width × height
 STEPS = 30
 PRESET = "4k"
 AXES = [16, 56, 56]
 THETA = 10000
 SLOTS = {"index": [7], "rows": [0, 14, 27], "cols": [0, 14, 27]}  # j per axis reported in ω/ω_base
-
-
-def _import_torchvision_with_schema_fix() -> None:
-    """Same fix as tests/conftest.py (INVOKEAI_NOTES.md): CPU torch meets a CUDA torchvision build."""
-    try:
-        import torchvision
-    except RuntimeError as error:
-        if "torchvision::nms" not in str(error):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        library = torch.library.Library("torchvision", "DEF")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _KEEP.append(library)
-        import torchvision  # noqa: F401
-
-
-_KEEP: list[object] = []
 
 
 @dataclass
@@ -201,7 +184,7 @@ def report(results: dict[tuple[int, int], dict[str, Run]]) -> str:
 
 
 def main() -> int:
-    _import_torchvision_with_schema_fix()
+    import_torchvision()
     from invokeai.app.invocations.flux_denoise import FluxDenoiseInvocation as InvokeAINode
 
     from dype.invokeai.flux_denoise import FluxDenoiseInvocation as DyPENode
