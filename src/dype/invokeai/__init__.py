@@ -7,7 +7,7 @@ pack's `__init__.py` on "reload custom nodes".
 Install the loader pack with `dype invokeai install --root PATH`.
 """
 
-from dype.invokeai import dispatch, flux_denoise, tiled_decode  # noqa: F401 - importing registers the nodes
+from dype.invokeai import dispatch, flux_denoise, tiled_decode
 from dype.invokeai.flux_denoise import FluxDenoiseInvocation
 
 
@@ -15,6 +15,7 @@ def register() -> None:
     """Install the dispatch wrappers and make "flux_denoise" resolve to our node. Safe to call again."""
     dispatch.install()
     flux_denoise.ensure_registered()
+    tiled_decode.ensure_registered()
 
 
 register()
