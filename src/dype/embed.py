@@ -44,6 +44,11 @@ def check_sigma(sigma: float | Tensor) -> float:
     return value
 
 
+def _gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """Row `index[m]` of a per-position table for every token m, on the index's device ([P, ...] → [M, ...])."""
+    return torch.index_select(table.to(index.device), 0, index)
+
+
 @dataclass
 class _GridIndex:
     """What depends only on the ids: per axis the distinct positions (CPU float64) and the gather index."""
@@ -123,14 +128,14 @@ class _DyPEEmbedder(nn.Module):
             self._axis_table(*rotation_cos_sin(positions, axis))
             for positions, axis in zip(grid.positions, self.frequencies(), strict=True)
         ]
-        output = self._gather(tables, grid.inverse, ids.device)
+        output = self._gather(tables, grid.inverse)
         self._cached = _CachedOutput(key, grid, output)
         return output
 
     def _axis_table(self, cos: Tensor, sin: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def _gather(self, tables: list, inverse: list[Tensor], device: torch.device) -> Tensor | tuple[Tensor, Tensor]:
+    def _gather(self, tables: list, inverse: list[Tensor]) -> Tensor | tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -175,8 +180,8 @@ class DyPEEmbedND(_DyPEEmbedder):
     def _axis_table(self, cos: Tensor, sin: Tensor) -> Tensor:
         return bfl_rotation(cos, sin)
 
-    def _gather(self, tables: list[Tensor], inverse: list[Tensor], device: torch.device) -> Tensor:
-        return torch.cat([table.to(device)[index] for table, index in zip(tables, inverse, strict=True)], dim=-3)
+    def _gather(self, tables: list[Tensor], inverse: list[Tensor]) -> Tensor:
+        return torch.cat([_gather_rows(table, index) for table, index in zip(tables, inverse, strict=True)], dim=-3)
 
 
 class DyPEPosEmbed(_DyPEEmbedder):
@@ -204,9 +209,7 @@ class DyPEPosEmbed(_DyPEEmbedder):
     def _axis_table(self, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         return diffusers_rotation(cos, sin)
 
-    def _gather(
-        self, tables: list[tuple[Tensor, Tensor]], inverse: list[Tensor], device: torch.device
-    ) -> tuple[Tensor, Tensor]:
-        cos = torch.cat([c.to(device)[index] for (c, _), index in zip(tables, inverse, strict=True)], dim=-1)
-        sin = torch.cat([s.to(device)[index] for (_, s), index in zip(tables, inverse, strict=True)], dim=-1)
+    def _gather(self, tables: list[tuple[Tensor, Tensor]], inverse: list[Tensor]) -> tuple[Tensor, Tensor]:
+        cos = torch.cat([_gather_rows(c, index) for (c, _), index in zip(tables, inverse, strict=True)], dim=-1)
+        sin = torch.cat([_gather_rows(s, index) for (_, s), index in zip(tables, inverse, strict=True)], dim=-1)
         return cos, sin
