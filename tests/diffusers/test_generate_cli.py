@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from dype.cli import main
+from dype.diffusers.generate import decode_packed_latents, vae_decode_mode
 from dype.schedule import DYPE_MU, flux_mu
 
 # 1088×128: the long side is past the 1024 px base (DyPE acts on the columns) yet only 544 tokens.
@@ -70,7 +71,7 @@ def test_png_written_with_every_parameter(renders: dict[str, Any], tiny_flux_dir
     assert (text["dype_scale"], text["dype_exponent"], text["dype_start_sigma"]) == ("2.0", "2.0", "1.0")
     assert text["dype_base_resolution"] == "1024" and text["dype_enable_dype"] == "true"
     assert json.loads(text["mu"]) == pytest.approx(DYPE_MU)
-    assert text["vae_tiling"] == "true"  # 1088 px > the 1024 px base
+    assert text["vae_tiling"] == "true" and text["vae_decode"] == "dype tiled"  # 1088 px > the 1024 px base
     assert text["software"].startswith("dype ")
     parameters = json.loads(text["parameters"])
     assert parameters["prompt"] == "a red cat" and parameters["dype_scale"] == 2.0
@@ -84,6 +85,7 @@ def test_prints_path_timings_and_progress(renders: dict[str, Any]) -> None:
     for phase in ("load", "encode", "denoise", "decode", "save", "total"):
         assert f"{phase} " in timings
     assert "denoise, DyPE on" in run["stderr"] and "2/2" in run["stderr"]  # the tqdm bar
+    assert "decode (tiled)" in run["stderr"]
 
 
 def test_off_uses_the_stock_schedule_and_differs(renders: dict[str, Any]) -> None:
@@ -236,3 +238,24 @@ def test_help_in_a_subprocess() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--model", "--prompt", "--size", "--preset", "--offload", "--compare", "--out", "--seed"):
         assert option in result.stdout
+
+
+def test_vae_decode_mode() -> None:
+    assert vae_decode_mode(1024, 1024, "none") == "untiled"
+    assert vae_decode_mode(1088, 128, "none") == "dype tiled"
+    assert vae_decode_mode(3840, 2160, "model") == "diffusers tiled"  # accelerate hooks wrap vae.decode
+
+
+def test_tiled_decode_of_pipeline_latents_matches_the_pipeline_decode(flux_pipe: Any) -> None:
+    """The tiled decode `dype generate` uses above 1024 px gives the pipeline's own (untiled) image."""
+
+    def run(output_type: str) -> Any:
+        generator = torch.Generator("cpu").manual_seed(3)
+        kwargs = {"prompt": "a red cat", "width": 1088, "height": 128, "num_inference_steps": 1}
+        return flux_pipe(**kwargs, max_sequence_length=16, generator=generator, output_type=output_type).images
+
+    packed = run("latent")
+    ours = np.asarray(decode_packed_latents(flux_pipe, packed, 1088, 128), dtype=np.int16)
+    theirs = np.asarray(run("pil")[0], dtype=np.int16)
+    assert ours.shape == theirs.shape == (128, 1088, 3)
+    assert np.abs(ours - theirs).max() <= 1  # 8-bit rounding of float32 round-off

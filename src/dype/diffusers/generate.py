@@ -25,6 +25,7 @@ from dype.config import DYPE_METHODS, DyPEConfig, check_choice, check_image_size
 from dype.diffusers.patch import apply_dype
 from dype.presets import DYPE_PRESETS, resolve_dype_config
 from dype.schedule import SHIFT_MODES
+from dype.tiled_vae import tiled_decode
 
 OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -36,6 +37,51 @@ DTYPES: dict[str, torch.dtype | None] = {
 }
 # Above this longer side the VAE decodes in tiles (FLUX's training size; an untiled 4K decode needs tens of GB).
 VAE_TILING_ABOVE = 1024
+
+
+def vae_decode_mode(width: int, height: int, offload: str) -> str:
+    """How the image is decoded: "untiled"; "dype tiled" (image-wide GroupNorm statistics, the untiled image up
+    to rounding); or "diffusers tiled" with --offload, whose accelerate hooks wrap `vae.decode` as a whole."""
+    if max(width, height) <= VAE_TILING_ABOVE:
+        return "untiled"
+    return "dype tiled" if offload == "none" else "diffusers tiled"
+
+
+def decode_packed_latents(pipe: Any, packed: torch.Tensor, width: int, height: int) -> Image.Image:
+    """FLUX pipeline latents [1, N, 64] → the PIL image, decoded with `dype.tiled_vae.tiled_decode`.
+
+    The unpack / scale / shift / postprocess steps are the pipeline's own (`FluxPipeline.__call__`), with the
+    VAE call replaced by the tiled decode.
+    """
+    vae = pipe.vae
+    latents = pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor)
+    latents = (latents / vae.config.scaling_factor) + vae.config.shift_factor
+    with tqdm_progress(desc="decode (tiled)") as progress, torch.no_grad():
+        image = tiled_decode(vae, latents.to(vae.dtype), progress=progress)
+    return pipe.image_processor.postprocess(image, output_type="pil")[0]
+
+
+@contextmanager
+def tqdm_progress(desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A `progress(done, total)` callback drawing a tqdm bar."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, leave=True)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
@@ -318,6 +364,7 @@ def _render(
 
     prompt_embeds, pooled_prompt_embeds = embeds
     pipe.set_progress_bar_config(desc=f"denoise, {describe_dype(config)}", leave=True)
+    dype_tiles = vae_decode_mode(request.width, request.height, request.offload) == "dype tiled"
     start = time.perf_counter()
     with apply_dype(pipe, config, width=request.width, height=request.height, shift=request.shift):
         mu = pipeline_mu(pipe, request.width, request.height)
@@ -330,7 +377,9 @@ def _render(
             guidance_scale=variant.guidance if request.guidance is None else request.guidance,
             generator=torch.Generator("cpu").manual_seed(request.seed),
             callback_on_step_end=on_step_end,
-        ).images[0]
+            output_type="latent" if dype_tiles else "pil",
+        ).images
+    image = decode_packed_latents(pipe, image, request.width, request.height) if dype_tiles else image[0]
     end = time.perf_counter()
     denoised = last_step_end[0] if last_step_end else end
     clock.phase(f"denoise{tag}", start, denoised)
@@ -356,11 +405,12 @@ def generate(request: GenerateRequest, log: Callable[[str], None] = print) -> Ge
     panels = [(None, "DyPE off"), (config, describe_dype(config))] if request.compare else [(config, "")]
     images: list[Image.Image] = []
     mus: list[float | None] = []
-    vae_tiling = max(request.width, request.height) > VAE_TILING_ABOVE
+    vae_decode = vae_decode_mode(request.width, request.height, request.offload)
+    vae_tiling = vae_decode != "untiled"
     with out_of_memory_hint(request, device):
         start = time.perf_counter()
         pipe = load_pipeline(path, device, dtype, request.offload)
-        if vae_tiling:
+        if vae_decode == "diffusers tiled":
             pipe.vae.enable_tiling()
         clock.phase("load", start)
         log(f"loaded FLUX {variant.name} from {path} ({dtype}, {device}, offload {request.offload})")
@@ -404,6 +454,7 @@ def generate(request: GenerateRequest, log: Callable[[str], None] = print) -> Ge
         "device": str(device),
         "offload": request.offload,
         "vae_tiling": vae_tiling,
+        "vae_decode": vae_decode,
         "compare": request.compare,
     }
     if request.compare:
