@@ -45,14 +45,8 @@ def plain_embedder():
         from invokeai.backend.flux.modules.layers import EmbedND
 
         return EmbedND(dim=128, theta=THETA, axes_dim=AXES_DIM), "InvokeAI EmbedND (float64 math)"
-    except ImportError:
-        from tests.core.helpers import plain_embed
-
-        class Plain(torch.nn.Module):
-            def forward(self, ids):
-                return plain_embed(ids)
-
-        return Plain(), "plain RoPE (float64 math)"
+    except ImportError:  # without invokeai: dype's own plain RoPE (method base, the same float64 math)
+        return DyPEEmbedND(128, THETA, AXES_DIM, DyPEConfig(method="base")), "plain RoPE (dype method base)"
 
 
 def invokeai_dype() -> torch.nn.Module | None:

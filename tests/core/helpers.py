@@ -27,3 +27,27 @@ def flux_ids(height: int, width: int, text_tokens: int = 512, batch: int = 1, dt
     image = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
     ids = torch.cat([torch.zeros(text_tokens, 3, dtype=torch.long), image]).to(dtype)
     return ids.expand(batch, -1, -1).clone()
+
+
+def tiny_flux_params(guidance_embed: bool = True):
+    """INVOKEAI_NOTES.md's tiny FLUX (`FluxParams`): ~1 M parameters, real architecture, axes_dim 8/28/28.
+
+    `guidance_embed=False` is schnell.
+    """
+    from invokeai.backend.flux.model import FluxParams
+
+    return FluxParams(
+        in_channels=64,
+        vec_in_dim=32,
+        context_in_dim=64,
+        hidden_size=128,
+        mlp_ratio=4.0,
+        num_heads=2,
+        depth=1,
+        depth_single_blocks=1,
+        axes_dim=[8, 28, 28],
+        theta=10000,
+        qkv_bias=True,
+        guidance_embed=guidance_embed,
+        out_channels=64,
+    )

@@ -7,19 +7,15 @@ import torch
 
 from dype import DyPEConfig, DyPEEmbedND, DyPEExtension
 from dype.extension import timestep_position
+from tests.core.helpers import tiny_flux_params
 
 
 @pytest.fixture(scope="module")
 def tiny_flux():
-    from invokeai.backend.flux.model import Flux, FluxParams
+    from invokeai.backend.flux.model import Flux
 
     torch.manual_seed(0)
-    params = FluxParams(
-        in_channels=64, vec_in_dim=32, context_in_dim=64, hidden_size=128, mlp_ratio=4.0, num_heads=2, depth=1,
-        depth_single_blocks=1, axes_dim=[8, 28, 28], theta=10_000, qkv_bias=True, guidance_embed=True,
-        out_channels=64,
-    )  # fmt: skip
-    return Flux(params).eval()
+    return Flux(tiny_flux_params()).eval()
 
 
 def flux_inputs(height: int, width: int, text_tokens: int = 4):

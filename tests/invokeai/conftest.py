@@ -20,7 +20,7 @@ import torch
 from invokeai.app.invocations.fields import FluxConditioningField
 from invokeai.app.invocations.flux_denoise import FluxDenoiseInvocation as CoreFluxDenoise
 from invokeai.app.invocations.model import ModelIdentifierField, TransformerField
-from invokeai.backend.flux.model import Flux, FluxParams
+from invokeai.backend.flux.model import Flux
 from invokeai.backend.model_manager.taxonomy import (
     BaseModelType,
     FluxVariantType,
@@ -35,27 +35,12 @@ from invokeai.backend.stable_diffusion.diffusion.conditioning_data import (
 # Importing the pack registers our "flux_denoise" (process-wide, as InvokeAI would on startup).
 import dype.invokeai  # noqa: F401
 from dype.invokeai.flux_denoise import FluxDenoiseInvocation as DyPEFluxDenoise
+from tests.core.helpers import tiny_flux_params
 
 TXT_LEN = 8  # T5 tokens in the fake conditioning
 
 
-def tiny_params(guidance_embed: bool = True) -> FluxParams:
-    """INVOKEAI_NOTES.md's tiny FLUX: ~1 M parameters, real architecture (axes_dim 8/28/28)."""
-    return FluxParams(
-        in_channels=64,
-        vec_in_dim=32,
-        context_in_dim=64,
-        hidden_size=128,
-        mlp_ratio=4.0,
-        num_heads=2,
-        depth=1,
-        depth_single_blocks=1,
-        axes_dim=[8, 28, 28],
-        theta=10000,
-        qkv_bias=True,
-        guidance_embed=guidance_embed,
-        out_channels=64,
-    )
+tiny_params = tiny_flux_params  # re-exported for the test modules
 
 
 def make_flux(guidance_embed: bool = True, seed: int = 0, in_channels: int = 64) -> Flux:
