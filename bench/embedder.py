@@ -68,11 +68,11 @@ def bench_size(width: int, height: int, plain: torch.nn.Module, repeats: int, de
 
     def cold() -> None:
         embedder = DyPEEmbedND(128, THETA, AXES_DIM, DyPEConfig())
-        embedder.set_step_state(next(fresh_sigmas), height, width)
+        embedder.set_step_state(next(fresh_sigmas), width=width, height=height)
         embedder(ids)
 
     def new_sigma(embedder: torch.nn.Module) -> None:
-        embedder.set_step_state(next(fresh_sigmas), height, width)
+        embedder.set_step_state(next(fresh_sigmas), width=width, height=height)
         embedder(ids)
 
     result["ours_cold"] = median_ms(cold, repeats, device)

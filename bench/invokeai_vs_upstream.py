@@ -152,7 +152,7 @@ def _mu(name: str, width: int, height: int) -> float:
     """The μ each node's schedule uses (the σ the model receives, in bf16, is too coarse to invert at 4K)."""
     from dype.schedule import schedule_mu
 
-    return schedule_mu(width, height, dype_active=name == "dype", shift="official")
+    return schedule_mu("flux1", width=width, height=height, dype_active=name == "dype")
 
 
 def _fmt(values: list[float]) -> str:

@@ -1,38 +1,127 @@
-"""Patching a FLUX model with DyPE: swap its position embedder, feed it σ, always restore."""
+"""Patching a model with DyPE: swap its position embedder, feed it σ, always restore.
+
+`DyPEExtension(config, width=, height=).patched(model)` returns a `ModelPatch`; entering it (a `with`
+block, or `.apply()`) replaces the embedder the model's host adapter names (`dype.hosts`) and registers a
+forward pre-hook on the submodule carrying the time input; leaving the block (or `.remove()`) puts the
+original object back and removes the hooks, also after an exception. An applied patch is held by a
+registry keyed by the model, so it stays applied until it is removed, whoever keeps the `ModelPatch`
+object — dropping the object never undoes it silently (`active_patch(model)` finds it again).
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import weakref
+from types import TracebackType
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
-from dype.config import DyPEConfig, check_image_size
-from dype.embed import DyPEEmbedND, DyPEPosEmbed, _DyPEEmbedder
+from dype.config import DyPEConfig
+from dype.embed import DyPEEmbedder, DyPERopeEmbedder
+from dype.families import PIXEL_MULTIPLE
+from dype.hosts import HostAdapter, argument_position, get_host
+from dype.validation import check_multiple
 
-# The attribute a host keeps its embedder under says which layout it consumes.
-_EMBEDDER_BUILDERS: dict[str, Callable[[nn.Module, DyPEConfig], _DyPEEmbedder]] = {
-    "pe_embedder": DyPEEmbedND.from_embednd,  # BFL flux, InvokeAI, ComfyUI: pe [B, 1, N, 64, 2, 2]
-    "pos_embed": DyPEPosEmbed.from_pos_embed,  # diffusers: (cos, sin) [N, 128]
-}
+Embedder = DyPEEmbedder | DyPERopeEmbedder
+
+# model → its applied patch. Weak on the model (a deleted model takes its patch along), strong on the patch.
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, ModelPatch] = weakref.WeakKeyDictionary()
 
 
-def timestep_position(model: nn.Module, timestep_arg: str) -> int | None:
-    """Index of `timestep_arg` among `model.forward`'s positional parameters (None if keyword-only)."""
-    parameters = inspect.signature(model.forward).parameters
-    if timestep_arg not in parameters:
-        raise ValueError(
-            f"timestep_arg {timestep_arg!r} is not an argument of {type(model).__name__}.forward "
-            f"(it has: {', '.join(parameters)})"
-        )
-    positional = [
-        name
-        for name, p in parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    return positional.index(timestep_arg) if timestep_arg in positional else None
+def active_patch(model: nn.Module) -> ModelPatch | None:
+    """The DyPE patch currently applied to `model`, if any."""
+    return _ACTIVE.get(model)
+
+
+class ModelPatch:
+    """DyPE applied to one model until `remove()`: the embedder swap and the σ (and guard) hooks.
+
+    Attributes:
+        model, host: the patched model and its host adapter.
+        embedder: the DyPE embedder in place while applied (None before and after).
+        original: the model's own embedder, put back by `remove()`.
+    """
+
+    def __init__(self, extension: DyPEExtension, model: nn.Module, host: HostAdapter) -> None:
+        self.extension = extension
+        self.model = model
+        self.host = host
+        self.embedder: Embedder | None = None
+        self.original: Any = None
+        self._handles: list[Any] = []
+
+    @property
+    def applied(self) -> bool:
+        return self.embedder is not None
+
+    def apply(self) -> Embedder:
+        """Swap the embedder in and register the hooks; returns the DyPE embedder."""
+        model, host, extension = self.model, self.host, self.extension
+        if self.applied:
+            raise ValueError("this DyPE patch is already applied")
+        if active_patch(model) is not None:
+            raise ValueError(f"{type(model).__name__} already has an active DyPE patch; remove it first")
+        original = getattr(model, host.embedder_attr, None)
+        if original is None:
+            raise ValueError(f"{type(model).__name__} has no {host.embedder_attr!r} to patch")
+        if isinstance(original, DyPEEmbedder | DyPERopeEmbedder):
+            raise ValueError(
+                f"{type(model).__name__}.{host.embedder_attr} is already a DyPE embedder; restore it first"
+            )
+        time_module = model.get_submodule(host.time_module) if host.time_module else model
+        position = argument_position(time_module.forward, host.time_arg, type(time_module).__name__)
+        embedder = host.build_embedder(original, extension.config, width=extension.width, height=extension.height)
+
+        def feed_sigma(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if host.time_arg in kwargs:
+                value = kwargs[host.time_arg]
+            elif position is not None and position < len(args):
+                value = args[position]
+            else:
+                raise ValueError(f"{type(module).__name__} was called without {host.time_arg!r}; DyPE needs σ")
+            embedder.set_step_state(host.sigma_from_time_input(value, model))
+
+        try:
+            setattr(model, host.embedder_attr, embedder)
+            self.embedder, self.original = embedder, original
+            _ACTIVE[model] = self
+            self._handles.append(time_module.register_forward_pre_hook(feed_sigma, with_kwargs=True))
+            if host.guard is not None:
+                guard, dependent = host.guard, extension.sigma_dependent
+
+                def check_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                    guard(module, args, kwargs, dependent)
+
+                self._handles.append(model.register_forward_pre_hook(check_call, with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
+        return embedder
+
+    def remove(self) -> None:
+        """Put the original embedder back and drop the hooks; safe to call again."""
+        try:
+            for handle in self._handles:
+                handle.remove()
+        finally:
+            self._handles = []
+            if self.applied:
+                setattr(self.model, self.host.embedder_attr, self.original)
+                if _ACTIVE.get(self.model) is self:
+                    del _ACTIVE[self.model]
+            self.embedder = self.original = None
+
+    def __enter__(self) -> Embedder:
+        return self.apply()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "applied" if self.applied else "not applied"
+        return f"ModelPatch({type(self.model).__name__}, host={self.host.name}, {state})"
 
 
 class DyPEExtension:
@@ -40,73 +129,30 @@ class DyPEExtension:
 
     Args:
         config: the DyPE configuration.
-        target_height, target_width: the image being generated, in pixels (positive multiples of 16).
+        width, height: the image being generated, in pixels (positive multiples of 16).
 
-    Use `with ext.patched(model): ...` — the model's embedder is replaced, every forward call hands its
-    σ to the embedder through a pre-hook, and the original module is back when the block exits, also
-    on an exception. `patch_model` / `update_step_state` / `restore_model` are the same steps by hand,
-    for a sampling loop that drives them itself (InvokeAI's `denoise`).
+    `with ext.patched(model): ...` — the embedder is replaced, every forward call hands its σ to it, and
+    the original object is back when the block exits, also on an exception.
     """
 
-    def __init__(self, config: DyPEConfig, target_height: int, target_width: int) -> None:
+    def __init__(self, config: DyPEConfig, *, width: int, height: int) -> None:
         if not isinstance(config, DyPEConfig):
             raise ValueError(f"config must be a DyPEConfig, got {type(config).__name__}")
         self.config = config
-        self.target_height = check_image_size("target_height", target_height)
-        self.target_width = check_image_size("target_width", target_width)
+        self.width = check_multiple("width", width, PIXEL_MULTIPLE)
+        self.height = check_multiple("height", height, PIXEL_MULTIPLE)
 
-    def patch_model(self, model: nn.Module, attr: str = "pe_embedder") -> tuple[_DyPEEmbedder, nn.Module]:
-        """Replace `model.<attr>` with a DyPE embedder; returns `(embedder, original)`."""
-        if attr not in _EMBEDDER_BUILDERS:
-            raise ValueError(f"attr must be one of {', '.join(_EMBEDDER_BUILDERS)}; got {attr!r}")
-        original = getattr(model, attr, None)
-        if original is None:
-            raise ValueError(f"{type(model).__name__} has no {attr!r} to patch")
-        if isinstance(original, _DyPEEmbedder):
-            raise ValueError(f"{type(model).__name__}.{attr} is already a DyPE embedder; restore it first")
-        embedder = _EMBEDDER_BUILDERS[attr](original, self.config)
-        embedder.set_step_state(1.0, self.target_height, self.target_width)
-        setattr(model, attr, embedder)
-        return embedder, original
+    @property
+    def sigma_dependent(self) -> bool:
+        """Whether the frequencies change with σ (dynamic and not `base`)."""
+        return self.config.enable_dype and self.config.method != "base"
 
-    def update_step_state(self, embedder: _DyPEEmbedder, sigma: float | Tensor) -> None:
-        """Give the embedder the σ of the coming transformer call."""
-        embedder.set_step_state(sigma, self.target_height, self.target_width)
-
-    @staticmethod
-    def restore_model(model: nn.Module, original: nn.Module, attr: str = "pe_embedder") -> None:
-        """Put the original embedder back."""
-        setattr(model, attr, original)
-
-    @contextmanager
-    def patched(
-        self, model: nn.Module, attr: str = "pe_embedder", timestep_arg: str = "timesteps"
-    ) -> Iterator[_DyPEEmbedder]:
-        """Patch `model` for the duration of the block; yields the embedder.
+    def patched(self, model: nn.Module, host: str | HostAdapter | None = None) -> ModelPatch:
+        """A patch of `model` for this generation (applied on `with` or `.apply()`).
 
         Args:
-            model: a module with a BFL `pe_embedder` (attr "pe_embedder") or a diffusers `pos_embed`.
-            attr: which attribute holds the embedder (it also selects the layout).
-            timestep_arg: the name of `model.forward`'s σ argument ("timesteps" in BFL/InvokeAI
-                FLUX, "timestep" in diffusers, which passes timestep / 1000).
+            model: a supported model (`dype.hosts.HOSTS`): InvokeAI's `Flux` and FLUX ControlNets, diffusers'
+                FLUX, FLUX.2, Chroma and Z-Image transformers and ControlNets.
+            host: a host adapter or its name; found from the model's class when None.
         """
-        position = timestep_position(model, timestep_arg)
-
-        def feed_sigma(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if timestep_arg in kwargs:
-                sigma = kwargs[timestep_arg]
-            elif position is not None and position < len(args):
-                sigma = args[position]
-            else:
-                raise ValueError(f"{type(module).__name__} was called without {timestep_arg!r}; DyPE needs σ")
-            self.update_step_state(embedder, sigma)
-
-        embedder, original = self.patch_model(model, attr)
-        try:
-            handle = model.register_forward_pre_hook(feed_sigma, with_kwargs=True)
-            try:
-                yield embedder
-            finally:
-                handle.remove()
-        finally:
-            self.restore_model(model, original, attr)
+        return ModelPatch(self, model, get_host(host, model))

@@ -1,28 +1,29 @@
-"""DyPE frequency math (DYPE_SPEC.md §1–§5): small pure functions and one registry of methods.
+"""DyPE frequency math (docs/math.md): small pure functions, one registry of methods, N axes.
 
-Every method has the signature of `DyPEMethodFn`: given the config, one spatial axis (its dimension
-`dim`, its own scale `axis_scale` = target / base size, and the image's `global_scale` = the larger of
-the two) and the step's σ, it returns that axis's angular frequencies ω (float64, (dim/2,)) and its
-amplitude (the YaRN attention factor, multiplied into cos and sin). Axis 0 (the index axis) never
-reaches a method: it is always plain RoPE.
+Every method has one signature (`FrequencyFn`): given the config, one spatial axis (`SpatialAxis`: its
+rotary dimension, θ, the base grid L0 = B / pixels-per-token, its own scale s_a = target / base size and
+the image's global scale S = max(1, s_rows, s_columns)), the step's κ (from the method's own `KappaFn`;
+None for a static method) and σ, it returns that axis's angular frequencies ω (float64 [dim/2]) and its
+amplitude (the YaRN attention factor, multiplied into cos and sin). The family's other axes (index, text,
+reference axes) never reach a method: they are always plain RoPE with amplitude 1.
 
 Provenance: `ntk` and `yarn` follow the official DyPE code (github.com/guyyariv/DyPE @ 436fe61);
 `vision_yarn` follows ComfyUI-DyPE v2.3.0 (github.com/wildminder/ComfyUI-DyPE @ 3fd9149), computed in
-float64, with the boundary guard of DYPE_SPEC.md §4 where both references break.
+float64, with the boundary guard of docs/math.md §4 where both references break.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from dype.config import DyPEConfig
-
-Layout = Literal["bfl", "diffusers"]
+from dype.families import Layout, RopeFamily, get_family
 
 # Threshold pairs (r0, r1) in rotations over the base grid: stage 1 blends NTK into linear
 # interpolation, stage 2 blends plain RoPE into stage 1 (official DyPE's "NTK-by-parts").
@@ -37,6 +38,24 @@ class AxisFrequencies(NamedTuple):
 
     omega: Tensor
     amplitude: float
+
+
+class SpatialAxis(NamedTuple):
+    """One spatial axis as a method sees it.
+
+    Attributes:
+        dim: rotary dimension d of the axis.
+        theta: the family's RoPE base.
+        base_tokens: L0 = B / pixels-per-token, tokens per side at the base resolution.
+        scale: s_a = target / B along this axis (the larger one on both axes when isotropic).
+        global_scale: S = max(1, s_rows, s_columns).
+    """
+
+    dim: int
+    theta: float
+    base_tokens: int
+    scale: float
+    global_scale: float
 
 
 def base_frequencies(dim: int, theta: float) -> Tensor:
@@ -62,7 +81,7 @@ def correction_dim(rotations: float, dim: int, theta: float, base_tokens: int) -
 
 
 def correction_range(rotations: tuple[float, float], dim: int, theta: float, base_tokens: int) -> tuple[float, float]:
-    """Ramp boundaries (lo, hi) for a threshold pair, with the boundary guard of DYPE_SPEC.md §4.
+    """Ramp boundaries (lo, hi) for a threshold pair, with the boundary guard of docs/math.md §4.
 
     The guard keeps both boundaries inside [0, dim/2], so the ramp never inverts (the official code's
     lo can pass its hi for tiny κ) and κ → 0 returns every slot to the base side of the blend.
@@ -85,20 +104,18 @@ def linear_ramp(lo: float, hi: float, size: int) -> Tensor:
 
 
 def yarn_blend(
+    axis: SpatialAxis,
     omega_base: Tensor,
     omega_linear: Tensor,
     omega_ntk: Tensor,
     stage1: tuple[float, float],
     stage2: tuple[float, float],
-    dim: int,
-    theta: float,
-    base_tokens: int,
 ) -> Tensor:
     """Two-stage NTK-by-parts blend [dim/2]: ω¹ = ρ·ω_lin + (1−ρ)·ω_ntk, ω = ρ'·ω¹ + (1−ρ')·ω_base."""
-    half = dim // 2
-    ramp1 = linear_ramp(*correction_range(stage1, dim, theta, base_tokens), half)
+    half = axis.dim // 2
+    ramp1 = linear_ramp(*correction_range(stage1, axis.dim, axis.theta, axis.base_tokens), half)
     blended = ramp1 * omega_linear + (1.0 - ramp1) * omega_ntk
-    ramp2 = linear_ramp(*correction_range(stage2, dim, theta, base_tokens), half)
+    ramp2 = linear_ramp(*correction_range(stage2, axis.dim, axis.theta, axis.base_tokens), half)
     return ramp2 * blended + (1.0 - ramp2) * omega_base
 
 
@@ -107,15 +124,24 @@ def yarn_mscale(scale: float) -> float:
     return 1.0 + MSCALE_COEFFICIENT * math.log(scale) if scale > 1.0 else 1.0
 
 
-def decay_kappa(config: DyPEConfig, sigma: float) -> float:
-    """κ = λs·τ^λt with τ = clamp(σ / start σ, 0, 1) (ntk, yarn; 0^0 = 1)."""
+def decay_kappa(config: DyPEConfig, sigma: float) -> float | None:
+    """ntk, yarn: κ = λs·τ^λt with τ = clamp(σ / start σ, 0, 1), 0^0 = 1; None when static."""
+    if not config.enable_dype:
+        return None
     tau = min(max(sigma / config.dype_start_sigma, 0.0), 1.0)
     return config.dype_scale * tau**config.dype_exponent
 
 
-def vision_yarn_kappa(config: DyPEConfig, sigma: float) -> float:
-    """κ = λs·t^λt with t = clamp(σ, 0, 1) (vision_yarn; the start σ does not act here)."""
+def vision_yarn_kappa(config: DyPEConfig, sigma: float) -> float | None:
+    """vision_yarn: κ = λs·t^λt with t = clamp(σ, 0, 1) (the start σ does not act here); None when static."""
+    if not config.enable_dype:
+        return None
     return config.dype_scale * min(max(sigma, 0.0), 1.0) ** config.dype_exponent
+
+
+def no_kappa(config: DyPEConfig, sigma: float) -> None:
+    """base: no time dependence."""
+    return None
 
 
 def vision_yarn_amplitude(config: DyPEConfig, global_scale: float, sigma: float) -> float:
@@ -125,113 +151,127 @@ def vision_yarn_amplitude(config: DyPEConfig, global_scale: float, sigma: float)
     return 1.0 + MSCALE_COEFFICIENT * math.log(global_scale) * tau_m**config.dype_exponent
 
 
-# One signature for every method (as transformers' ROPE_INIT_FUNCTIONS):
-# (config, dim, theta, axis_scale, global_scale, sigma) -> AxisFrequencies.
-DyPEMethodFn = Callable[[DyPEConfig, int, float, float, float, float], AxisFrequencies]
+KappaFn = Callable[[DyPEConfig, float], float | None]
+FrequencyFn = Callable[[DyPEConfig, SpatialAxis, float | None, float], AxisFrequencies]
 
 
-def _base(
-    config: DyPEConfig, dim: int, theta: float, axis_scale: float, global_scale: float, sigma: float
-) -> AxisFrequencies:
+def _base(config: DyPEConfig, axis: SpatialAxis, kappa: float | None, sigma: float) -> AxisFrequencies:
     """Plain RoPE at any size: no extrapolation (a control)."""
-    return AxisFrequencies(base_frequencies(dim, theta), 1.0)
+    return AxisFrequencies(base_frequencies(axis.dim, axis.theta), 1.0)
 
 
-def _ntk(
-    config: DyPEConfig, dim: int, theta: float, axis_scale: float, global_scale: float, sigma: float
-) -> AxisFrequencies:
+def _ntk(config: DyPEConfig, axis: SpatialAxis, kappa: float | None, sigma: float) -> AxisFrequencies:
     """NTK-aware θ scaling on the axis; dynamic: the exponent is multiplied by κ. No amplitude."""
-    if axis_scale <= 1.0:
-        return _base(config, dim, theta, axis_scale, global_scale, sigma)
-    strength = decay_kappa(config, sigma) if config.enable_dype else 1.0
-    return AxisFrequencies(ntk_frequencies(dim, theta, axis_scale, strength), 1.0)
+    if axis.scale <= 1.0:
+        return _base(config, axis, kappa, sigma)
+    strength = 1.0 if kappa is None else kappa
+    return AxisFrequencies(ntk_frequencies(axis.dim, axis.theta, axis.scale, strength), 1.0)
 
 
-def _yarn(
-    config: DyPEConfig, dim: int, theta: float, axis_scale: float, global_scale: float, sigma: float
-) -> AxisFrequencies:
+def _yarn(config: DyPEConfig, axis: SpatialAxis, kappa: float | None, sigma: float) -> AxisFrequencies:
     """Official DyPE YaRN: static NTK-by-parts; dynamic moves all four thresholds by κ/2."""
-    if axis_scale <= 1.0:
-        return _base(config, dim, theta, axis_scale, global_scale, sigma)
-    factor = decay_kappa(config, sigma) / 2.0 if config.enable_dype else 1.0
-    omega_base = base_frequencies(dim, theta)
+    if axis.scale <= 1.0:
+        return _base(config, axis, kappa, sigma)
+    factor = 1.0 if kappa is None else kappa / 2.0
+    omega_base = base_frequencies(axis.dim, axis.theta)
     omega = yarn_blend(
+        axis,
         omega_base,
-        omega_base / axis_scale,
-        ntk_frequencies(dim, theta, axis_scale),
+        omega_base / axis.scale,
+        ntk_frequencies(axis.dim, axis.theta, axis.scale),
         (STAGE1_ROTATIONS[0] * factor, STAGE1_ROTATIONS[1] * factor),
         (STAGE2_ROTATIONS[0] * factor, STAGE2_ROTATIONS[1] * factor),
-        dim,
-        theta,
-        config.base_tokens,
     )
-    return AxisFrequencies(omega, yarn_mscale(axis_scale))
+    return AxisFrequencies(omega, yarn_mscale(axis.scale))
 
 
-def _vision_yarn(
-    config: DyPEConfig, dim: int, theta: float, axis_scale: float, global_scale: float, sigma: float
-) -> AxisFrequencies:
+def _vision_yarn(config: DyPEConfig, axis: SpatialAxis, kappa: float | None, sigma: float) -> AxisFrequencies:
     """ComfyUI-DyPE v2.3.0 vision_yarn: per-axis interpolation, global NTK, thresholds raised to κ."""
-    if global_scale <= 1.0:
-        return _base(config, dim, theta, axis_scale, global_scale, sigma)
-    kappa = vision_yarn_kappa(config, sigma) if config.enable_dype else 1.0
-    omega_base = base_frequencies(dim, theta)
+    if axis.global_scale <= 1.0:
+        return _base(config, axis, kappa, sigma)
+    exponent = 1.0 if kappa is None else kappa
+    omega_base = base_frequencies(axis.dim, axis.theta)
     omega = yarn_blend(
+        axis,
         omega_base,
-        omega_base / max(axis_scale, 1.0),
-        ntk_frequencies(dim, theta, global_scale),
-        (STAGE1_ROTATIONS[0] ** kappa, STAGE1_ROTATIONS[1] ** kappa),
-        (STAGE2_ROTATIONS[0] ** kappa, STAGE2_ROTATIONS[1] ** kappa),
-        dim,
-        theta,
-        config.base_tokens,
+        omega_base / max(axis.scale, 1.0),
+        ntk_frequencies(axis.dim, axis.theta, axis.global_scale),
+        (STAGE1_ROTATIONS[0] ** exponent, STAGE1_ROTATIONS[1] ** exponent),
+        (STAGE2_ROTATIONS[0] ** exponent, STAGE2_ROTATIONS[1] ** exponent),
     )
-    return AxisFrequencies(omega, vision_yarn_amplitude(config, global_scale, sigma))
+    return AxisFrequencies(omega, vision_yarn_amplitude(config, axis.global_scale, sigma))
 
 
-# Maps `DyPEConfig.method` to the function computing one spatial axis's frequencies.
-DYPE_METHOD_FUNCTIONS: dict[str, DyPEMethodFn] = {
-    "base": _base,
-    "ntk": _ntk,
-    "yarn": _yarn,
-    "vision_yarn": _vision_yarn,
+@dataclass(frozen=True)
+class DyPEMethodRule:
+    """One method: its per-axis frequencies and the κ it uses at σ (as transformers' ROPE_INIT_FUNCTIONS)."""
+
+    frequencies: FrequencyFn
+    kappa: KappaFn
+
+
+# Maps `DyPEConfig.method` to its rule.
+DYPE_METHOD_REGISTRY: dict[str, DyPEMethodRule] = {
+    "base": DyPEMethodRule(_base, no_kappa),
+    "ntk": DyPEMethodRule(_ntk, decay_kappa),
+    "yarn": DyPEMethodRule(_yarn, decay_kappa),
+    "vision_yarn": DyPEMethodRule(_vision_yarn, vision_yarn_kappa),
 }
 
 
-def axis_scales(config: DyPEConfig, height: int, width: int) -> tuple[float, float]:
-    """Per-axis scales (s_1, s_2) = (H/B, W/B) for axis 1 (rows) and axis 2 (columns)."""
-    return height / config.base_resolution, width / config.base_resolution
+def method_kappa(config: DyPEConfig, sigma: float) -> float | None:
+    """The κ `config.method` uses at σ, None when it has no time dependence (static, or `base`)."""
+    return DYPE_METHOD_REGISTRY[config.method].kappa(config, sigma)
+
+
+def spatial_scales(config: DyPEConfig, family: str | RopeFamily, *, width: int, height: int) -> tuple[float, float]:
+    """(s_rows, s_columns) = (H/B, W/B); both the larger one when the config is isotropic for the family."""
+    family = get_family(family)
+    base = config.base_resolution_for(family)
+    rows, columns = height / base, width / base
+    if config.isotropic_for(family):
+        rows = columns = max(rows, columns)
+    return rows, columns
 
 
 def dype_frequencies(
-    config: DyPEConfig, axes_dim: list[int] | tuple[int, ...], theta: float, height: int, width: int, sigma: float
+    config: DyPEConfig, family: str | RopeFamily, *, width: int, height: int, sigma: float
 ) -> list[AxisFrequencies]:
-    """Frequencies and amplitude for each FLUX axis (index, rows, columns) at one step.
+    """Frequencies and amplitude for every axis of `family` at one step.
 
     Args:
         config: the DyPE configuration.
-        axes_dim: per-axis rotary dimensions, three of them (FLUX: `[16, 56, 56]`).
-        theta: RoPE base (FLUX: 10000).
-        height, width: target image size in pixels.
+        family: the model's RoPE family (its θ, axes, spatial axes, pixels per token).
+        width, height: target image size in pixels.
         sigma: flow-matching σ of this step, in [0, 1].
 
     Returns:
-        One `AxisFrequencies` per axis; axis 0 is always plain RoPE with amplitude 1.
+        One `AxisFrequencies` per id axis; plain axes are plain RoPE with amplitude 1.
     """
-    method = DYPE_METHOD_FUNCTIONS[config.method]
-    scales = axis_scales(config, height, width)
-    global_scale = max(1.0, *scales)
-    frequencies = [AxisFrequencies(base_frequencies(axes_dim[0], theta), 1.0)]
-    for dim, scale in zip(axes_dim[1:], scales, strict=True):
-        frequencies.append(method(config, dim, theta, scale, global_scale, sigma))
+    family = get_family(family)
+    rule = DYPE_METHOD_REGISTRY[config.method]
+    rows, columns = spatial_scales(config, family, width=width, height=height)
+    global_scale = max(1.0, rows, columns)
+    base_tokens = config.base_resolution_for(family) // family.pixels_per_token
+    kappa = rule.kappa(config, sigma)
+    scale_of = {family.row_axis: rows, family.column_axis: columns}
+    frequencies = []
+    for axis, dim in enumerate(family.axes_dim):
+        if axis in scale_of:
+            spatial = SpatialAxis(dim, family.theta, base_tokens, scale_of[axis], global_scale)
+            frequencies.append(rule.frequencies(config, spatial, kappa, sigma))
+        else:
+            frequencies.append(AxisFrequencies(base_frequencies(dim, family.theta), 1.0))
     return frequencies
 
 
-def rotation_cos_sin(positions: Tensor, axis: AxisFrequencies) -> tuple[Tensor, Tensor]:
-    """cos and sin of p·ω for positions [P] → two float32 tensors [P, dim/2], amplitude applied.
+# --- rounding: positions → float32 cos and sin, as the host computes them ------------------------------
 
-    Angles, cos and sin are computed in float64 and rounded to float32, then multiplied by the
-    float32 amplitude (the official order, DYPE_SPEC.md §1).
+
+def cos_sin_float64_angles(positions: Tensor, axis: AxisFrequencies) -> tuple[Tensor, Tensor]:
+    """FLUX rounding: angles, cos and sin in float64, rounded to float32, times the float32 amplitude.
+
+    positions [P] → (cos, sin), each float32 [P, dim/2] (the official order, docs/math.md §1).
     """
     angles = positions.to(torch.float64)[:, None] * axis.omega.to(positions.device)[None, :]
     cos, sin = torch.cos(angles).float(), torch.sin(angles).float()
@@ -241,65 +281,97 @@ def rotation_cos_sin(positions: Tensor, axis: AxisFrequencies) -> tuple[Tensor, 
     return cos, sin
 
 
-def bfl_rotation(cos: Tensor, sin: Tensor) -> Tensor:
-    """[P, d] cos and sin → [P, d, 2, 2] rotation matrices [[cos, −sin], [sin, cos]] (BFL layout)."""
-    return torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
+def cos_sin_float32_angles(positions: Tensor, axis: AxisFrequencies) -> tuple[Tensor, Tensor]:
+    """Z-Image rounding: the float64 angle rounded to float32, then `torch.polar(amplitude, angle)`.
+
+    positions [P] → (cos, sin), the real and imaginary parts of that complex64 [P, dim/2].
+    """
+    angles = (positions.to(torch.float64)[:, None] * axis.omega.to(positions.device)[None, :]).float()
+    rotation = torch.polar(torch.full_like(angles, axis.amplitude), angles)
+    return rotation.real, rotation.imag
 
 
-def diffusers_rotation(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """[P, d] cos and sin → two [P, 2d] tensors, each frequency in two adjacent columns (diffusers)."""
+ROUNDING_FUNCTIONS: dict[str, Callable[[Tensor, AxisFrequencies], tuple[Tensor, Tensor]]] = {
+    "float64_angle": cos_sin_float64_angles,
+    "float32_angle": cos_sin_float32_angles,
+}
+
+
+# --- output layouts: per-axis tables [P, ...] that are gathered per token and concatenated ------------
+
+
+def bfl_rotation(cos: Tensor, sin: Tensor) -> tuple[Tensor]:
+    """[P, d] cos and sin → ([P, d, 2, 2] rotation matrices [[cos, −sin], [sin, cos]],) (BFL layout)."""
+    return (torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2)),)
+
+
+def interleaved_cos_sin(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """[P, d] cos and sin → two [P, 2d] tensors, each slot in two adjacent columns (diffusers)."""
     return cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
 
 
-def rope_dype(
-    pos: Tensor,
-    dim: int,
-    theta: float,
-    config: DyPEConfig,
-    *,
-    axis_scale: float,
-    global_scale: float,
-    sigma: float,
-) -> Tensor:
-    """DyPE RoPE for one spatial axis in the BFL layout: the shape of FLUX's `rope`.
+def complex_rotation(cos: Tensor, sin: Tensor) -> tuple[Tensor]:
+    """[P, d] cos and sin → ([P, d] complex64 cos + i·sin,) (Z-Image)."""
+    return (torch.complex(cos, sin),)
 
-    Args:
-        pos: positions along the axis, [..., N].
-        dim: the axis's rotary dimension.
-        theta: RoPE base.
-        config: the DyPE configuration.
-        axis_scale: this axis's target / base size (s_a); ≤ 1 means plain RoPE for ntk and yarn.
-        global_scale: max(1, s_1, s_2), used by vision_yarn.
-        sigma: σ of this step, in [0, 1].
 
-    Returns:
-        [..., N, dim/2, 2, 2] float32 rotation matrices.
+@dataclass(frozen=True)
+class OutputLayout:
+    """How one layout builds a per-axis table and joins the axes.
+
+    `table(cos, sin)` makes a tuple of per-position tensors [P, ...]; tokens gather rows of each, and the
+    axes are concatenated along `concat_dim` (of the gathered [M, ...] tensors). A one-tensor tuple is
+    returned as that tensor.
     """
-    axis = DYPE_METHOD_FUNCTIONS[config.method](config, dim, theta, axis_scale, global_scale, sigma)
-    flat = pos.reshape(-1)
-    return bfl_rotation(*rotation_cos_sin(flat, axis)).reshape(*pos.shape, dim // 2, 2, 2)
+
+    table: Callable[[Tensor, Tensor], tuple[Tensor, ...]]
+    concat_dim: int
+
+    def join(self, parts_per_axis: list[tuple[Tensor, ...]]) -> Tensor | tuple[Tensor, ...]:
+        joined = tuple(torch.cat(parts, dim=self.concat_dim) for parts in zip(*parts_per_axis, strict=True))
+        return joined[0] if len(joined) == 1 else joined
+
+
+OUTPUT_LAYOUTS: dict[str, OutputLayout] = {
+    "bfl": OutputLayout(bfl_rotation, concat_dim=-3),
+    "diffusers": OutputLayout(interleaved_cos_sin, concat_dim=-1),
+    "complex": OutputLayout(complex_rotation, concat_dim=-1),
+}
+
+
+def embed_positions(
+    positions: Tensor, frequencies: list[AxisFrequencies], family: RopeFamily, layout: Layout
+) -> Tensor | tuple[Tensor, ...]:
+    """[M, A] positions → the layout's embedding of M tokens, computed directly (no caching).
+
+    Returns (per layout): bfl [M, Σd/2, 2, 2]; diffusers (cos, sin) each [M, Σd]; complex [M, Σd/2].
+    """
+    rounding, output = ROUNDING_FUNCTIONS[family.rounding], OUTPUT_LAYOUTS[layout]
+    return output.join([output.table(*rounding(positions[:, i], axis)) for i, axis in enumerate(frequencies)])
 
 
 def embed_ids(
     ids: Tensor,
-    axes_dim: list[int] | tuple[int, ...],
-    theta: float,
+    family: str | RopeFamily,
     config: DyPEConfig,
-    height: int,
+    *,
     width: int,
+    height: int,
     sigma: float,
-    layout: Layout = "bfl",
-) -> Tensor | tuple[Tensor, Tensor]:
-    """The full DyPE position embedding of `ids`, computed directly (no caching).
+    layout: Layout | None = None,
+) -> Tensor | tuple[Tensor, ...]:
+    """The full DyPE position embedding of `ids`, computed directly (the reference for the cached embedder).
 
     Args:
-        ids: [B, N, 3] (bfl) or [N, 3] (diffusers) positions (index, row, column).
-        layout: "bfl" returns pe [B, 1, N, Σd/2, 2, 2]; "diffusers" returns (cos, sin), each [N, Σd].
+        ids: [B, N, A] (bfl) or [N, A] positions, A = len(family.axes_dim).
+        family: the model's RoPE family.
+        layout: the family's first layout when None. bfl returns pe [B, 1, N, Σd/2, 2, 2]; diffusers
+            (cos, sin), each [N, Σd]; complex [N, Σd/2] complex64.
     """
-    frequencies = dype_frequencies(config, axes_dim, theta, height, width, sigma)
-    pieces = [rotation_cos_sin(ids[..., i].reshape(-1), axis) for i, axis in enumerate(frequencies)]
-    if layout == "diffusers":
-        cos, sin = zip(*(diffusers_rotation(c, s) for c, s in pieces), strict=True)
-        return torch.cat(cos, dim=-1), torch.cat(sin, dim=-1)
-    pe = torch.cat([bfl_rotation(c, s) for c, s in pieces], dim=-3)
-    return pe.reshape(*ids.shape[:-1], -1, 2, 2).unsqueeze(1)
+    family = get_family(family)
+    layout = family.layouts[0] if layout is None else layout
+    frequencies = dype_frequencies(config, family, width=width, height=height, sigma=sigma)
+    out = embed_positions(ids.reshape(-1, ids.shape[-1]), frequencies, family, layout)
+    if layout == "bfl":
+        return out.reshape(*ids.shape[:-1], -1, 2, 2).unsqueeze(1)
+    return out

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from dype.config import DyPEConfig
-from dype.math import axis_scales, base_frequencies, decay_kappa, dype_frequencies, vision_yarn_kappa
+from dype.families import RopeFamily, get_family
+from dype.math import base_frequencies, dype_frequencies, method_kappa, spatial_scales
 from dype.schedule import schedule_mu, shifted_sigmas
-
-FLUX_AXES_DIM = (16, 56, 56)
-FLUX_THETA = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,9 @@ class PlanStep:
 
 @dataclass(frozen=True)
 class Plan:
+    """A whole run: the family, the size, the config (None = DyPE off), μ (None = no shift), per-axis scales."""
+
+    family: RopeFamily
     width: int
     height: int
     config: DyPEConfig | None
@@ -45,15 +46,8 @@ class Plan:
     steps: list[PlanStep]
 
 
-def step_kappa(config: DyPEConfig, sigma: float) -> float | None:
-    """The κ a dynamic method uses at σ (vision_yarn from σ, ntk/yarn from σ / start σ); None if static."""
-    if config.method == "base" or not config.enable_dype:
-        return None
-    return vision_yarn_kappa(config, sigma) if config.method == "vision_yarn" else decay_kappa(config, sigma)
-
-
-def _axis_step(omega: torch.Tensor, dim: int, scale: float, amplitude: float) -> AxisStep:
-    ratio = omega / base_frequencies(dim, FLUX_THETA)
+def _axis_step(omega: torch.Tensor, dim: int, theta: float, scale: float, amplitude: float) -> AxisStep:
+    ratio = omega / base_frequencies(dim, theta)
     at_base = torch.isclose(ratio, torch.ones_like(ratio), rtol=0, atol=1e-12)
     interpolated = torch.isclose(ratio, torch.full_like(ratio, 1 / scale), rtol=0, atol=1e-12) & ~at_base
     return AxisStep(
@@ -66,20 +60,31 @@ def _axis_step(omega: torch.Tensor, dim: int, scale: float, amplitude: float) ->
 
 
 def make_plan(
-    config: DyPEConfig | None, width: int, height: int, num_steps: int, shift: str = "official", shifted: bool = True
+    config: DyPEConfig | None,
+    family: str | RopeFamily,
+    *,
+    width: int,
+    height: int,
+    num_steps: int,
+    shift: str = "official",
+    shifted: bool = True,
 ) -> Plan:
-    """Per-step σ, κ and per-axis frequency ratios for an N-step FLUX run at W×H (config None = no DyPE)."""
+    """Per-step σ, κ and per-axis frequency ratios for an N-step run at W×H (config None = no DyPE)."""
+    family = get_family(family)
     active = config is not None
-    sigmas = shifted_sigmas(num_steps, width, height, active, shift, shifted)[:-1]  # the N model calls
-    mu = schedule_mu(width, height, active, shift) if shifted else None
+    sigmas = shifted_sigmas(
+        family, num_steps, width=width, height=height, dype_active=active, shift=shift, shifted=shifted
+    )[:-1]  # the N model calls
+    mu = schedule_mu(family, width=width, height=height, dype_active=active, shift=shift) if shifted else None
     plan_config = config if config is not None else DyPEConfig(method="base")
-    scales = axis_scales(plan_config, height, width)
+    scales = spatial_scales(plan_config, family, width=width, height=height)
     steps = []
     for index, sigma in enumerate(sigmas):
-        _, rows, columns = dype_frequencies(plan_config, FLUX_AXES_DIM, FLUX_THETA, height, width, sigma)
+        frequencies = dype_frequencies(plan_config, family, width=width, height=height, sigma=sigma)
         axes = tuple(
-            _axis_step(axis.omega, dim, max(scale, 1.0), axis.amplitude)
-            for axis, dim, scale in zip((rows, columns), FLUX_AXES_DIM[1:], scales, strict=True)
-        )
-        steps.append(PlanStep(index, sigma, step_kappa(plan_config, sigma) if active else None, axes))
-    return Plan(width, height, config, mu, scales, steps)
+            _axis_step(frequencies[axis].omega, family.axes_dim[axis], family.theta, max(scale, 1.0),
+                       frequencies[axis].amplitude)
+            for axis, scale in zip(family.spatial_axes, scales, strict=True)
+        )  # fmt: skip
+        steps.append(PlanStep(index, sigma, method_kappa(plan_config, sigma) if active else None, axes))
+    return Plan(family, width, height, config, mu, scales, steps)

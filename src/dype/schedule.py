@@ -1,8 +1,9 @@
-"""FLUX's sampling-schedule shift, and the DyPE rule for it (DYPE_SPEC.md §6).
+"""The sampling-schedule shift, and the DyPE rule for it (docs/math.md §6), for any family.
 
-FLUX dev shifts its sigmas by μ = lin(256 → 0.5, 4096 → 1.15)(image tokens), extrapolated without a
-cap: at 4096² μ = 11.55 and nearly every step sits at σ ≈ 1, so DyPE's schedule never decays. The
-official DyPE pipeline pins μ = 1.15 (the 1024² value); we do the same while DyPE is active.
+FLUX.1 dev and Z-Image shift their sigmas by μ = lin(256 → 0.5, 4096 → 1.15)(image tokens), extrapolated
+without a cap: at 4096² μ = 11.55 and nearly every step sits at σ ≈ 1, so DyPE's schedule never decays
+(Z-Image's stock schedule is broken there even without DyPE). The official DyPE pipeline pins μ at the
+1024² value; while DyPE is active we use the family's `dype_mu` (`dype.families`).
 """
 
 from __future__ import annotations
@@ -10,33 +11,37 @@ from __future__ import annotations
 import math
 from typing import Literal, get_args
 
-from dype.config import check_choice, check_image_size
+from dype.families import RopeFamily, check_image_side, get_family
+from dype.validation import check_choice, check_integer
 
 ShiftMode = Literal["official", "stock"]
 SHIFT_MODES: tuple[str, ...] = get_args(ShiftMode)
 
-DYPE_MU = 1.15
-BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
-BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
+
+def image_seq_len(family: str | RopeFamily, *, width: int, height: int) -> int:
+    """Number of image tokens for a W×H px image."""
+    family = get_family(family)
+    per_token = family.pixels_per_token
+    return (check_image_side("height", height, family) // per_token) * (
+        check_image_side("width", width, family) // per_token
+    )
 
 
-def image_seq_len(width: int, height: int) -> int:
-    """Number of FLUX image tokens for a W×H px image (16×16 px per token)."""
-    return (check_image_size("height", height) // 16) * (check_image_size("width", width) // 16)
+def stock_mu(family: str | RopeFamily, *, width: int, height: int) -> float:
+    """The host's own μ for a W×H image (`RopeFamily.stock_mu`)."""
+    family = get_family(family)
+    return family.stock_mu.mu(image_seq_len(family, width=width, height=height))
 
 
-def flux_mu(seq_len: int, base_shift: float = BASE_SHIFT, max_shift: float = MAX_SHIFT) -> float:
-    """Stock FLUX μ: linear in the image token count through (256, 0.5) and (4096, 1.15), no cap."""
-    slope = (max_shift - base_shift) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
-    return base_shift + slope * (seq_len - BASE_SEQ_LEN)
-
-
-def schedule_mu(width: int, height: int, dype_active: bool, shift: str = "official") -> float:
-    """μ for a generation: 1.15 while DyPE is active with shift "official", else stock FLUX μ."""
+def schedule_mu(
+    family: str | RopeFamily, *, width: int, height: int, dype_active: bool, shift: str = "official"
+) -> float:
+    """μ for a generation: the family's `dype_mu` while DyPE is active with shift "official", else stock."""
+    family = get_family(family)
     check_choice("dype_shift", shift, SHIFT_MODES)
     if dype_active and shift == "official":
-        return DYPE_MU
-    return flux_mu(image_seq_len(width, height))
+        return family.dype_mu
+    return stock_mu(family, width=width, height=height)
 
 
 def time_shift(mu: float, sigma: float) -> float:
@@ -47,18 +52,24 @@ def time_shift(mu: float, sigma: float) -> float:
 
 
 def shifted_sigmas(
-    num_steps: int, width: int, height: int, dype_active: bool, shift: str = "official", shifted: bool = True
+    family: str | RopeFamily,
+    num_steps: int,
+    *,
+    width: int,
+    height: int,
+    dype_active: bool,
+    shift: str = "official",
+    shifted: bool = True,
 ) -> list[float]:
-    """The N+1 sigmas of an N-step FLUX schedule (final 0 included), as InvokeAI's `get_schedule` lays them.
+    """The N+1 sigmas of an N-step schedule (final 0 included), as InvokeAI's `get_schedule` lays them.
 
     Args:
         num_steps: N ≥ 1.
         shifted: False for FLUX schnell (no shift at all).
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    num_steps = check_integer("num_steps", num_steps, minimum=1)
     linear = [1.0 - i / num_steps for i in range(num_steps + 1)]
     if not shifted:
         return linear
-    mu = schedule_mu(width, height, dype_active, shift)
+    mu = schedule_mu(family, width=width, height=height, dype_active=dype_active, shift=shift)
     return [time_shift(mu, sigma) for sigma in linear]

@@ -108,7 +108,7 @@ def compute(case: dict) -> tuple[str, list[float]]:
         embedder = DyPEEmbedND(128, 10_000, [16, 56, 56], config)
     else:
         embedder, ids = DyPEPosEmbed(10_000, [16, 56, 56], config), ids[0]
-    embedder.set_step_state(case["sigma"], case["height"], case["width"])
+    embedder.set_step_state(case["sigma"], width=case["width"], height=case["height"])
     return digest(embedder(ids))
 
 

@@ -16,14 +16,14 @@ def make(config: DyPEConfig | None = None) -> DyPEEmbedND:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])
 def test_forward_shape_and_dtype(dtype: torch.dtype) -> None:
     embedder = make()
-    embedder.set_step_state(0.5, 1536, 2048)
+    embedder.set_step_state(0.5, height=1536, width=2048)
     ids = flux_ids(1536, 2048, text_tokens=5, batch=2).to(dtype) if dtype != torch.bfloat16 else None
     if ids is None:  # bf16 holds these positions (≤ 128) exactly
         ids = flux_ids(1536, 2048, text_tokens=5, batch=2).to(torch.bfloat16)
     pe = embedder(ids)
     assert pe.shape == (2, 1, 5 + 96 * 128, 64, 2, 2)
     assert pe.dtype == torch.float32
-    assert torch.equal(pe, embed_ids(ids.float(), FLUX_AXES_DIM, THETA, DyPEConfig(), 1536, 2048, 0.5))
+    assert torch.equal(pe, embed_ids(ids.float(), "flux1", DyPEConfig(), width=2048, height=1536, sigma=0.5))
 
 
 def test_attributes_and_no_state() -> None:
@@ -41,35 +41,35 @@ def test_plain_rope_until_step_state_is_set() -> None:
 def test_step_state_update_changes_output() -> None:
     embedder = make()
     ids = flux_ids(2048, 2048, text_tokens=2)
-    embedder.set_step_state(1.0, 2048, 2048)
+    embedder.set_step_state(1.0, height=2048, width=2048)
     early = embedder(ids).clone()
-    embedder.set_step_state(0.2, 2048, 2048)
+    embedder.set_step_state(0.2, height=2048, width=2048)
     late = embedder(ids)
     assert (embedder.sigma, embedder.height, embedder.width) == (0.2, 2048, 2048)
     assert not torch.equal(early, late)
-    assert torch.equal(late, embed_ids(ids, FLUX_AXES_DIM, THETA, DyPEConfig(), 2048, 2048, 0.2))
+    assert torch.equal(late, embed_ids(ids, "flux1", DyPEConfig(), width=2048, height=2048, sigma=0.2))
 
 
 def test_cache_repeated_sigma_returns_cached_and_new_ids_recompute() -> None:
     embedder = make()
-    embedder.set_step_state(0.7, 2048, 2048)
+    embedder.set_step_state(0.7, height=2048, width=2048)
     ids = flux_ids(2048, 2048, text_tokens=4)
     first = embedder(ids).data_ptr()
     assert embedder(ids.clone()).data_ptr() == first  # Heun: the same σ twice reuses the result
-    embedder.set_step_state(0.7, 2048, 2048)
+    embedder.set_step_state(0.7, height=2048, width=2048)
     assert embedder(ids).data_ptr() == first
-    embedder.set_step_state(0.6, 2048, 2048)
+    embedder.set_step_state(0.6, height=2048, width=2048)
     assert embedder(ids).data_ptr() != first
     shifted = ids.clone()
     shifted[0, -1, 2] += 1  # a different grid must not reuse the cached index
     out = embedder(shifted)
-    assert torch.equal(out, embed_ids(shifted, FLUX_AXES_DIM, THETA, DyPEConfig(), 2048, 2048, 0.6))
+    assert torch.equal(out, embed_ids(shifted, "flux1", DyPEConfig(), width=2048, height=2048, sigma=0.6))
 
 
 def test_positions_exact_at_any_size() -> None:
     """Float32 ids at 8192 px: 512 distinct rows give 512 distinct rotations (no bf16 collisions)."""
     embedder = make()
-    embedder.set_step_state(0.5, 8192, 8192)
+    embedder.set_step_state(0.5, height=8192, width=8192)
     rows = torch.arange(512, dtype=torch.float32)
     ids = torch.stack([torch.zeros(512), rows, torch.zeros(512)], dim=-1)[None]
     pe = embedder(ids)
@@ -78,7 +78,7 @@ def test_positions_exact_at_any_size() -> None:
 
 def test_bf16_ids_beyond_256_are_refused() -> None:
     ids = flux_ids(4608, 1024, text_tokens=1).to(torch.bfloat16)  # rows up to 287
-    with pytest.raises(ValueError, match="float32 ids"):
+    with pytest.raises(ValueError, match="Pass float32 or integer ids"):
         make()(ids)
 
 
@@ -101,19 +101,19 @@ def test_wrong_id_shapes_are_refused(shape: tuple[int, ...]) -> None:
 )
 def test_bad_sigma_is_refused(sigma, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        make().set_step_state(sigma, 1024, 1024)
+        make().set_step_state(sigma, height=1024, width=1024)
 
 
 def test_batched_sigma_tensor_with_one_value_is_accepted() -> None:
     embedder = make()
-    embedder.set_step_state(torch.tensor([0.25, 0.25], dtype=torch.bfloat16), 2048, 2048)
+    embedder.set_step_state(torch.tensor([0.25, 0.25], dtype=torch.bfloat16), height=2048, width=2048)
     assert embedder.sigma == 0.25
 
 
 @pytest.mark.parametrize(("height", "width"), [(1000, 1024), (1024, 0), (1024, -16), (1024.0, 1024)])
 def test_bad_sizes_are_refused(height, width) -> None:
     with pytest.raises(ValueError, match="multiple of 16"):
-        make().set_step_state(0.5, height, width)
+        make().set_step_state(0.5, height=height, width=width)
 
 
 def test_constructor_validation() -> None:
@@ -121,7 +121,7 @@ def test_constructor_validation() -> None:
         DyPEEmbedND(100, THETA, FLUX_AXES_DIM, DyPEConfig())
     with pytest.raises(ValueError, match="axes_dim"):
         DyPEEmbedND(128, THETA, [64, 64], DyPEConfig())
-    with pytest.raises(ValueError, match="dype_config"):
+    with pytest.raises(ValueError, match="config must be a DyPEConfig"):
         DyPEEmbedND(128, THETA, FLUX_AXES_DIM, {"method": "yarn"})
 
 
@@ -133,7 +133,7 @@ def test_from_embednd_copies_invokeai_embednd_and_matches_it_at_base_size() -> N
     assert (embedder.dim, embedder.theta, embedder.axes_dim) == (original.dim, original.theta, original.axes_dim)
     ids = flux_ids(1024, 768, text_tokens=8)
     for sigma in (1.0, 0.3):
-        embedder.set_step_state(sigma, 1024, 768)
+        embedder.set_step_state(sigma, height=1024, width=768)
         assert torch.equal(embedder(ids), original(ids))
 
 
@@ -143,7 +143,7 @@ def test_diffusers_layout_has_the_same_numbers() -> None:
     assert (pos_embed.theta, pos_embed.axes_dim) == (THETA, FLUX_AXES_DIM)
     bfl = make(config)
     for module in (pos_embed, bfl):
-        module.set_step_state(0.45, 2048, 3072)
+        module.set_step_state(0.45, height=2048, width=3072)
     ids = flux_ids(2048, 3072, text_tokens=6)
     cos, sin = pos_embed(ids[0])
     pe = bfl(ids)
@@ -161,7 +161,7 @@ def test_diffusers_layout_equals_diffusers_flux_pos_embed_at_base_size() -> None
 
     original = FluxPosEmbed(theta=THETA, axes_dim=FLUX_AXES_DIM)
     pos_embed = DyPEPosEmbed.from_pos_embed(original, DyPEConfig())
-    pos_embed.set_step_state(0.8, 1024, 1024)
+    pos_embed.set_step_state(0.8, height=1024, width=1024)
     ids = flux_ids(1024, 1024, text_tokens=4)[0]
     for ours, theirs in zip(pos_embed(ids), original(ids), strict=True):
         assert torch.equal(ours, theirs)

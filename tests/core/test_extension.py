@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dype import DyPEConfig, DyPEEmbedND, DyPEExtension
-from dype.extension import timestep_position
+from dype.hosts import argument_position
 from tests.core.helpers import tiny_flux_params
 
 
@@ -48,7 +48,7 @@ def call(model, inputs, sigma: float, positional: bool = False):
 def test_pre_hook_feeds_the_sigma_of_each_call(tiny_flux) -> None:
     original = tiny_flux.pe_embedder
     inputs = flux_inputs(2048, 2048)
-    ext = DyPEExtension(DyPEConfig(), 2048, 2048)
+    ext = DyPEExtension(DyPEConfig(), width=2048, height=2048)
     seen: list[float] = []
     with ext.patched(tiny_flux) as embedder:
         assert isinstance(tiny_flux.pe_embedder, DyPEEmbedND) and tiny_flux.pe_embedder is embedder
@@ -65,7 +65,7 @@ def test_patched_output_differs_above_base_and_restores_exactly(tiny_flux) -> No
     inputs = flux_inputs(2048, 1024)
     with torch.no_grad():
         plain = call(tiny_flux, inputs, 0.9)
-        with DyPEExtension(DyPEConfig(), 2048, 1024).patched(tiny_flux):
+        with DyPEExtension(DyPEConfig(), width=1024, height=2048).patched(tiny_flux):
             dype = call(tiny_flux, inputs, 0.9)
         after = call(tiny_flux, inputs, 0.9)
     assert torch.isfinite(dype).all() and not torch.equal(plain, dype)
@@ -74,13 +74,14 @@ def test_patched_output_differs_above_base_and_restores_exactly(tiny_flux) -> No
 
 def test_state_dict_unchanged_while_patched(tiny_flux) -> None:
     keys = set(tiny_flux.state_dict())
-    with DyPEExtension(DyPEConfig(), 2048, 2048).patched(tiny_flux):
+    with DyPEExtension(DyPEConfig(), width=2048, height=2048).patched(tiny_flux):
         assert set(tiny_flux.state_dict()) == keys
 
 
 def test_restored_after_an_exception(tiny_flux) -> None:
     original = tiny_flux.pe_embedder
-    with pytest.raises(RuntimeError, match="boom"), DyPEExtension(DyPEConfig(), 2048, 2048).patched(tiny_flux):
+    ext = DyPEExtension(DyPEConfig(), width=2048, height=2048)
+    with pytest.raises(RuntimeError, match="boom"), ext.patched(tiny_flux):
         call(tiny_flux, flux_inputs(2048, 2048), 0.5)
         raise RuntimeError("boom")
     assert tiny_flux.pe_embedder is original and not tiny_flux._forward_pre_hooks
@@ -88,40 +89,32 @@ def test_restored_after_an_exception(tiny_flux) -> None:
 
 def test_restored_when_the_hook_rejects_sigma(tiny_flux) -> None:
     original = tiny_flux.pe_embedder
-    with pytest.raises(ValueError, match="sigma"), DyPEExtension(DyPEConfig(), 2048, 2048).patched(tiny_flux):
+    ext = DyPEExtension(DyPEConfig(), width=2048, height=2048)
+    with pytest.raises(ValueError, match="sigma"), ext.patched(tiny_flux):
         call(tiny_flux, flux_inputs(2048, 2048), float("nan"))
     assert tiny_flux.pe_embedder is original and not tiny_flux._forward_pre_hooks
 
 
 def test_patching_twice_is_refused(tiny_flux) -> None:
-    ext = DyPEExtension(DyPEConfig(), 2048, 2048)
+    ext = DyPEExtension(DyPEConfig(), width=2048, height=2048)
     original = tiny_flux.pe_embedder
     with ext.patched(tiny_flux):
-        with pytest.raises(ValueError, match="already a DyPE embedder"), ext.patched(tiny_flux):
+        with pytest.raises(ValueError, match="already has an active DyPE patch"), ext.patched(tiny_flux):
             pass
         assert isinstance(tiny_flux.pe_embedder, DyPEEmbedND)
     assert tiny_flux.pe_embedder is original
 
 
-def test_manual_patch_update_restore(tiny_flux) -> None:
-    ext = DyPEExtension(DyPEConfig(method="yarn"), 1536, 2048)
-    embedder, original = ext.patch_model(tiny_flux)
-    try:
-        ext.update_step_state(embedder, torch.tensor([0.3]))
-        assert (embedder.sigma, embedder.height, embedder.width) == (pytest.approx(0.3), 1536, 2048)
-    finally:
-        DyPEExtension.restore_model(tiny_flux, original)
-    assert tiny_flux.pe_embedder is original
-
-
 def test_bad_arguments(tiny_flux) -> None:
-    with pytest.raises(ValueError, match="target_width"):
-        DyPEExtension(DyPEConfig(), 1024, 1000)
+    with pytest.raises(ValueError, match="width must be a positive multiple of 16"):
+        DyPEExtension(DyPEConfig(), width=1000, height=1024)
     with pytest.raises(ValueError, match="config"):
-        DyPEExtension("vision_yarn", 1024, 1024)
-    ext = DyPEExtension(DyPEConfig(), 2048, 2048)
-    with pytest.raises(ValueError, match="attr must be one of"):
-        ext.patch_model(tiny_flux, attr="embedder")
-    with pytest.raises(ValueError, match="timestep_arg 'sigma'"):
-        timestep_position(tiny_flux, "sigma")
-    assert timestep_position(tiny_flux, "timesteps") == 4
+        DyPEExtension("vision_yarn", width=1024, height=1024)
+    ext = DyPEExtension(DyPEConfig(), width=2048, height=2048)
+    with pytest.raises(ValueError, match="host must be one of"):
+        ext.patched(tiny_flux, host="comfyui")
+    with pytest.raises(ValueError, match="no DyPE host adapter for Linear"):
+        ext.patched(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="has no argument 'sigma'"):
+        argument_position(tiny_flux.forward, "sigma", "Flux")
+    assert argument_position(tiny_flux.forward, "timesteps", "Flux") == 4

@@ -1,4 +1,4 @@
-"""Properties of the frequency math, looped over the method registry (DYPE_SPEC.md §2–§5)."""
+"""Properties of the FLUX.1 frequency math, looped over the method registry (docs/math.md §2–§5)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,25 @@ import math
 import pytest
 import torch
 
-from dype import DYPE_METHOD_FUNCTIONS, DyPEConfig, dype_frequencies, embed_ids, rope_dype
-from dype.math import base_frequencies, correction_range, ntk_frequencies, yarn_mscale
-from tests.core.helpers import FLUX_AXES_DIM, THETA, flux_ids, plain_embed, plain_rope
+from dype import DYPE_METHOD_REGISTRY, DyPEConfig, dype_frequencies, embed_ids
+from dype.math import SpatialAxis, base_frequencies, correction_range, ntk_frequencies, yarn_mscale
+from tests.core.helpers import THETA, flux_ids, plain_embed
 
-METHODS = sorted(DYPE_METHOD_FUNCTIONS)
+METHODS = sorted(DYPE_METHOD_REGISTRY)
 BASE = base_frequencies(56, THETA)
 
 
 def freqs(method: str, height: int, width: int, sigma: float, **config):
-    return dype_frequencies(DyPEConfig(method=method, **config), FLUX_AXES_DIM, THETA, height, width, sigma)
+    config = DyPEConfig(method=method, **config)
+    return dype_frequencies(config, "flux1", width=width, height=height, sigma=sigma)
+
+
+def embed(ids, config: DyPEConfig, height: int, width: int, sigma: float):
+    return embed_ids(ids, "flux1", config, width=width, height=height, sigma=sigma)
 
 
 def test_registry_holds_the_four_methods() -> None:
     assert METHODS == ["base", "ntk", "vision_yarn", "yarn"]
-
-
-def test_rope_dype_keeps_the_shape_of_plain_rope() -> None:
-    pos = torch.arange(12, dtype=torch.float32).reshape(2, 6)
-    out = rope_dype(pos, 56, THETA, DyPEConfig(), axis_scale=2.0, global_scale=2.0, sigma=0.5)
-    plain = plain_rope(pos, 56)
-    assert out.shape == plain.shape == (2, 6, 28, 2, 2)
-    assert out.dtype == torch.float32
-    assert not torch.equal(out, plain)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -40,14 +36,14 @@ def test_at_or_below_base_equals_plain_rope(method: str, size: tuple[int, int], 
     height, width = size
     ids = flux_ids(height, width, text_tokens=3)
     for sigma in (1.0, 0.5, 0.0):
-        pe = embed_ids(ids, FLUX_AXES_DIM, THETA, DyPEConfig(method=method, enable_dype=dynamic), height, width, sigma)
+        pe = embed(ids, DyPEConfig(method=method, enable_dype=dynamic), height, width, sigma)
         assert torch.equal(pe, plain_embed(ids))
 
 
 @pytest.mark.parametrize("size", [(2048, 2048), (4096, 2160)])
 def test_method_base_is_plain_rope_at_any_size(size: tuple[int, int]) -> None:
     ids = flux_ids(*size, text_tokens=3)
-    pe = embed_ids(ids, FLUX_AXES_DIM, THETA, DyPEConfig(method="base"), *size, 0.7)
+    pe = embed(ids, DyPEConfig(method="base"), *size, 0.7)
     assert torch.equal(pe, plain_embed(ids))
 
 
@@ -73,7 +69,8 @@ def test_vision_yarn_reaches_the_unscaled_axis_through_the_global_scale() -> Non
     config = DyPEConfig()
     _, rows, columns = freqs("vision_yarn", 2048, 1024, 0.6)
     # Columns: interpolation by their own scale 1, NTK and amplitude from the global scale 2.
-    expected = DYPE_METHOD_FUNCTIONS["vision_yarn"](config, 56, THETA, 1.0, 2.0, 0.6)
+    rule = DYPE_METHOD_REGISTRY["vision_yarn"]
+    expected = rule.frequencies(config, SpatialAxis(56, THETA, 64, 1.0, 2.0), rule.kappa(config, 0.6), 0.6)
     assert torch.equal(columns.omega, expected.omega) and columns.amplitude == expected.amplitude
     assert not torch.equal(columns.omega, BASE) and not torch.equal(columns.omega, rows.omega)
     assert rows.amplitude == columns.amplitude > 1.0

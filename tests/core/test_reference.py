@@ -37,7 +37,7 @@ def case_name(i: int) -> str:
 def test_reference_case(i: int) -> None:
     height, width = int(REFERENCE["height"][i]), int(REFERENCE["width"][i])
     embedder = DyPEEmbedND(128, THETA, FLUX_AXES_DIM, case_config(i))
-    embedder.set_step_state(float(REFERENCE["sigma"][i]), height, width)
+    embedder.set_step_state(float(REFERENCE["sigma"][i]), width=width, height=height)
     ids = flux_ids(height, width)
     pe = embedder(ids)
 
@@ -58,6 +58,6 @@ def test_embedder_equals_direct_computation() -> None:
     config = DyPEConfig(method="yarn")
     ids = flux_ids(2048, 1536, text_tokens=7)
     embedder = DyPEEmbedND(128, THETA, FLUX_AXES_DIM, config)
-    embedder.set_step_state(0.37, 2048, 1536)
-    direct = embed_ids(ids, FLUX_AXES_DIM, THETA, config, 2048, 1536, 0.37)
+    embedder.set_step_state(0.37, height=2048, width=1536)
+    direct = embed_ids(ids, "flux1", config, width=1536, height=2048, sigma=0.37)
     assert torch.equal(embedder(ids), direct)

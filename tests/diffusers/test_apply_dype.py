@@ -23,7 +23,10 @@ from PIL import Image
 
 from dype import DyPEConfig, DyPEPosEmbed
 from dype.diffusers import apply_dype, pinned_mu
-from dype.schedule import DYPE_MU, flux_mu, image_seq_len, shifted_sigmas, time_shift
+from dype.families import FLUX1
+from dype.schedule import shifted_sigmas, stock_mu, time_shift
+
+DYPE_MU = FLUX1.dype_mu
 
 # The tiny models run DyPE at a 128 px base so that a 256² image (16×16 tokens) is 2× the base.
 CONFIG = DyPEConfig(base_resolution=128)
@@ -106,7 +109,7 @@ def test_reversible_function_and_double_apply(flux_pipe: FluxPipeline) -> None:
     patch = apply_dype(flux_pipe, CONFIG, width=SIZE, height=SIZE)
     assert isinstance(flux_pipe.transformer.pos_embed, DyPEPosEmbed)
     pinned_state = pipeline_state(flux_pipe)
-    with pytest.raises(ValueError, match="already a DyPE embedder"):
+    with pytest.raises(ValueError, match="already has an active DyPE patch"):
         apply_dype(flux_pipe, CONFIG, width=SIZE, height=SIZE)
     assert pipeline_state(flux_pipe) == pinned_state  # the refused second patch left nothing behind
     patch.remove()
@@ -123,11 +126,12 @@ def test_sigma_fed_per_call_and_mu_pinned(flux_pipe: FluxPipeline) -> None:
         run(flux_pipe, steps=steps)
     expected = pinned_schedule(steps)
     assert seen == pytest.approx(expected, abs=1e-6)
-    assert seen == pytest.approx(shifted_sigmas(steps, SIZE, SIZE, dype_active=True)[:-1], abs=1e-6)
+    schedule = shifted_sigmas("flux1", steps, width=SIZE, height=SIZE, dype_active=True)
+    assert seen == pytest.approx(schedule[:-1], abs=1e-6)
     # The scheduler itself ran the pinned schedule (its sigmas keep the last run's values).
     assert flux_pipe.scheduler.sigmas[:-1].tolist() == pytest.approx(expected, abs=1e-6)
     # Stock μ at 256 tokens is 0.5: a different schedule, so pinning is observable.
-    stock = [time_shift(flux_mu(image_seq_len(SIZE, SIZE)), s) for s in np.linspace(1.0, 1.0 / steps, steps)]
+    stock = [time_shift(stock_mu("flux1", width=SIZE, height=SIZE), s) for s in np.linspace(1.0, 1.0 / steps, steps)]
     assert abs(stock[1] - expected[1]) > 0.05
 
 
@@ -138,7 +142,7 @@ def test_shift_stock_keeps_diffusers_mu(flux_pipe: FluxPipeline) -> None:
         assert patch.mu is None and dict(flux_pipe.scheduler.config) == before
         with recorded_sigmas(flux_pipe.transformer) as seen:
             run(flux_pipe, steps=steps)
-    mu = flux_mu(image_seq_len(SIZE, SIZE))
+    mu = stock_mu("flux1", width=SIZE, height=SIZE)
     assert seen == pytest.approx([time_shift(mu, s) for s in np.linspace(1.0, 1.0 / steps, steps)], abs=1e-6)
 
 
@@ -195,7 +199,7 @@ def test_image_ids_stay_float32(flux_pipe: FluxPipeline) -> None:
     with apply_dype(flux_pipe, CONFIG, width=SIZE, height=SIZE):
         ids = flux_pipe._prepare_latent_image_ids(1, 300, 2, "cpu", torch.bfloat16)
         assert ids.dtype == torch.float32 and ids[:, 1].max() == 299
-        with pytest.raises(ValueError, match="Pass float32 ids"):
+        with pytest.raises(ValueError, match="Pass float32"):
             flux_pipe.transformer.pos_embed(bf16_ids)
         cos, _ = flux_pipe.transformer.pos_embed(ids)
         assert cos.shape == (600, 16)

@@ -18,7 +18,10 @@ from PIL import Image
 
 from dype.cli import main
 from dype.diffusers.generate import decode_packed_latents, vae_decode_mode
-from dype.schedule import DYPE_MU, flux_mu
+from dype.families import FLUX1
+from dype.schedule import stock_mu
+
+DYPE_MU = FLUX1.dype_mu
 
 # 1088×128: the long side is past the 1024 px base (DyPE acts on the columns) yet only 544 tokens.
 WIDTH, HEIGHT = 1088, 128
@@ -91,7 +94,7 @@ def test_prints_path_timings_and_progress(renders: dict[str, Any]) -> None:
 def test_off_uses_the_stock_schedule_and_differs(renders: dict[str, Any]) -> None:
     text = Image.open(renders["off"]["path"]).text
     assert text["dype"] == "off" and "dype_scale" not in text
-    assert json.loads(text["mu"]) == pytest.approx(flux_mu((WIDTH // 16) * (HEIGHT // 16)))
+    assert json.loads(text["mu"]) == pytest.approx(stock_mu("flux1", width=WIDTH, height=HEIGHT))
     on = np.asarray(Image.open(renders["on"]["path"]))
     off = np.asarray(Image.open(renders["off"]["path"]))
     assert np.abs(on.astype(int) - off.astype(int)).max() > 0
@@ -111,7 +114,7 @@ def test_compare_has_both_labelled_halves(renders: dict[str, Any]) -> None:
     text = image.text
     assert text["compare"] == "true" and text["panels"] == "left: DyPE off, right: DyPE on"
     assert (
-        json.loads(text["mu_off"]) == pytest.approx(flux_mu((WIDTH // 16) * (HEIGHT // 16)))
+        json.loads(text["mu_off"]) == pytest.approx(stock_mu("flux1", width=WIDTH, height=HEIGHT))
         and json.loads(text["mu"]) == DYPE_MU
     )
     timings = renders["cmp"]["stdout"].splitlines()[-1]

@@ -136,7 +136,7 @@ def expected_sigmas(path: str, steps: int, width: int, height: int, *, pinned: b
         scheduler.set_timesteps(num_inference_steps=steps)
         return bf16([float(t) / 1000 for t in scheduler.timesteps])
     if pinned:
-        sigmas = shifted_sigmas(steps, width, height, dype_active=True, shift="official")
+        sigmas = shifted_sigmas("flux1", steps, width=width, height=height, dype_active=True)
     else:
         sigmas = get_schedule(steps, (width // 16) * (height // 16), shift=not schnell)
     return bf16(sigmas[:-1])

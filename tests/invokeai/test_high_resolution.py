@@ -26,12 +26,16 @@ def test_node_resolves_a_valid_config_from_each_preset(preset, dype_class):
     if preset == "off":
         assert config is None
     else:
-        assert config.method == "vision_yarn" and config.base_resolution == 1024
+        assert config.method == "vision_yarn" and config.base_resolution_for("flux1") == 1024
         assert config.dype_scale == (4.0 if preset in ("auto", "area") else 2.0)  # min(2·2048/1024, 8)
         assert config.dype_exponent == 2.0
     with_scale = node(dype_class, width=SIDE, height=SIDE, dype_preset=preset, dype_scale=3.0, dype_method="yarn")
-    assert with_scale.resolve_dype_config().dype_scale == 3.0  # 'off' + a scale turns DyPE on (spec §7)
-    assert with_scale.resolve_dype_config().method == "yarn"
+    resolved = with_scale.resolve_dype_config()
+    if preset == "off":  # off is off whatever the scale (docs/math.md §7)
+        assert resolved is None
+    else:  # only manual reads the scale
+        assert resolved.dype_scale == (3.0 if preset == "manual" else config.dype_scale)
+        assert resolved.method == "yarn"
 
 
 def test_auto_stays_off_at_1536(dype_class):
@@ -105,7 +109,7 @@ def test_controlnet_gets_the_dype_embedding(services, dev_model, dype_class, xla
     with torch.no_grad():
         plain = xlabs_controlnet(**kwargs).controlnet_double_block_residuals[0]
         config = node(dype_class, width=SIDE, height=SIDE, dype_preset="4k").resolve_dype_config()
-        with DyPEExtension(config, SIDE, SIDE).patched(xlabs_controlnet):
+        with DyPEExtension(config, width=SIDE, height=SIDE).patched(xlabs_controlnet):
             by_hand = xlabs_controlnet(**kwargs).controlnet_double_block_residuals[0]
     assert torch.equal(residuals[0], by_hand)
     assert (residuals[0].float() - plain.float()).abs().max() > 1e-3

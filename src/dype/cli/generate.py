@@ -84,7 +84,14 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first: a typo in --size should not cost a torch/diffusers import.
     try:
         width, height = parse_size(args.size)
-        resolve_dype_config(args.preset, width, height, args.scale, args.exponent, args.method)
+        resolve_dype_config(
+            args.preset,
+            width=width,
+            height=height,
+            dype_scale=args.scale,
+            dype_exponent=args.exponent,
+            method=args.method,
+        )
     except ValueError as error:
         raise _fail(str(error)) from error
 

@@ -7,22 +7,20 @@ import re
 from pathlib import Path
 
 from dype.config import DYPE_METHODS
+from dype.families import FAMILIES, FAMILY_NAMES, check_image_side
 from dype.presets import DYPE_PRESET_DESCRIPTIONS, DYPE_PRESETS, resolve_dype_config
 from dype.schedule import SHIFT_MODES
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'3840x2160' → (width, height); both positive multiples of 16."""
+def parse_size(text: str, family: str = "flux1") -> tuple[int, int]:
+    """'3840x2160' → (width, height); both positive multiples of the family's token side."""
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"--size must look like WIDTHxHEIGHT in pixels (e.g. 3840x2160), got {text!r}")
     width, height = int(match[1]), int(match[2])
-    for name, value in (("width", width), ("height", height)):
-        if value <= 0 or value % 16:
-            raise ValueError(f"--size {name} must be a positive multiple of 16 (FLUX tokens are 16 px), got {value}")
-    return width, height
+    return check_image_side("--size width", width, family), check_image_side("--size height", height, family)
 
 
 def add_dype_arguments(parser: argparse.ArgumentParser, default_preset: str = "auto") -> None:
@@ -37,10 +35,8 @@ def add_dype_arguments(parser: argparse.ArgumentParser, default_preset: str = "a
     parser.add_argument(
         "--method", choices=DYPE_METHODS, default="vision_yarn", help="extrapolation method (default vision_yarn)"
     )
-    parser.add_argument("--scale", type=float, default=None, help="λs in [0, 8]: overrides the preset's scale")
-    parser.add_argument(
-        "--exponent", type=float, default=None, help="λt in [0, 1000]: overrides the preset's exponent"
-    )
+    parser.add_argument("--scale", type=float, default=None, help="λs in [0, 8], read by --preset manual only")
+    parser.add_argument("--exponent", type=float, default=None, help="λt in [0, 1000], read by --preset manual only")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,10 +48,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--size", required=True, help="target image WIDTHxHEIGHT in pixels, e.g. 3840x2160")
+    parser.add_argument(
+        "--family",
+        choices=FAMILY_NAMES,
+        default="flux1",
+        help="model family: " + "; ".join(f"{name}: {family.title}" for name, family in FAMILIES.items()),
+    )
     add_dype_arguments(parser)
+    parser.add_argument(
+        "--base-resolution",
+        type=int,
+        default=None,
+        help="the model's training size B in pixels (default: the family's, e.g. 1024 for FLUX.1, 2048 for FLUX.2)",
+    )
+    parser.add_argument(
+        "--isotropic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scale both axes by the larger scale (default: the family's; on for Z-Image)",
+    )
     parser.add_argument("--steps", type=int, default=28, help="number of sampling steps")
     parser.add_argument(
-        "--shift", choices=SHIFT_MODES, default="official", help="official: μ = 1.15 while DyPE is on; stock: FLUX's μ"
+        "--shift",
+        choices=SHIFT_MODES,
+        default="official",
+        help="official: the family's DyPE μ while DyPE is on (1.15; FLUX.2 2.02); stock: the host's own μ",
     )
     parser.add_argument(
         "--variant", choices=("dev", "schnell"), default="dev", help="FLUX variant (schnell: no shift)"
@@ -77,10 +94,13 @@ def format_plan(plan, preset: str, shift: str) -> str:
     """The plan as a fixed-width text table."""
     mu = "no shift (schnell)" if plan.mu is None else f"μ={plan.mu:.3f} ({shift})"
     rows_scale, cols_scale = plan.axis_scales
+    family = plan.family
+    slots = family.axes_dim[family.row_axis] // 2
+    title = "" if family.name == "flux1" else f"{family.title}, "
     lines = [
-        f"DyPE plan for {plan.width}×{plan.height} (W×H): preset {preset} → {_format_config(plan.config)}",
+        f"DyPE plan for {title}{plan.width}×{plan.height} (W×H): preset {preset} → {_format_config(plan.config)}",
         f"schedule: {len(plan.steps)} steps, {mu}; axis scales: rows {rows_scale:.3g}, columns {cols_scale:.3g}",
-        "slots per axis (28): base = plain RoPE, blend = NTK or mixed, interp = ω_base / scale",
+        f"slots per axis ({slots}): base = plain RoPE, blend = NTK or mixed, interp = ω_base / scale",
         f"{'step':>4} {'σ':>7} {'κ':>7} | {'rows base/blend/interp':>22} {'amp':>6} | {'cols base/blend/interp':>22} "
         f"{'amp':>6}",
     ]
@@ -94,9 +114,29 @@ def format_plan(plan, preset: str, shift: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from dype.plan import make_plan
 
-    width, height = parse_size(args.size)
-    config = resolve_dype_config(args.preset, width, height, args.scale, args.exponent, args.method)
-    plan = make_plan(config, width, height, args.steps, args.shift, shifted=args.variant == "dev")
+    width, height = parse_size(args.size, args.family)
+    if args.variant == "schnell" and args.family != "flux1":
+        raise ValueError(f"--variant schnell is a FLUX.1 variant; --family {args.family} has no schnell")
+    config = resolve_dype_config(
+        args.preset,
+        width=width,
+        height=height,
+        dype_scale=args.scale,
+        dype_exponent=args.exponent,
+        method=args.method,
+        base_resolution=args.base_resolution,
+        isotropic=args.isotropic,
+        family=args.family,
+    )
+    plan = make_plan(
+        config,
+        args.family,
+        width=width,
+        height=height,
+        num_steps=args.steps,
+        shift=args.shift,
+        shifted=args.variant == "dev",
+    )
     print(format_plan(plan, args.preset, args.shift))
     if args.plot is not None:
         from dype.plot import plot_plan

@@ -21,11 +21,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from dype.config import DYPE_METHODS, DyPEConfig, check_choice, check_image_size
+from dype.config import DYPE_METHODS, DyPEConfig
 from dype.diffusers.patch import apply_dype
+from dype.families import check_image_side
 from dype.presets import DYPE_PRESETS, resolve_dype_config
 from dype.schedule import SHIFT_MODES
 from dype.tiled_vae import tiled_decode
+from dype.validation import check_choice
 
 OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -141,8 +143,8 @@ class GenerateRequest:
         check_choice("offload", self.offload, OFFLOAD_MODES)
         check_choice("device", self.device, DEVICES)
         check_choice("dtype", self.dtype, tuple(DTYPES))
-        check_image_size("width", self.width)
-        check_image_size("height", self.height)
+        check_image_side("width", self.width)
+        check_image_side("height", self.height)
         if self.steps is not None and (
             isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1
         ):
@@ -156,7 +158,12 @@ class GenerateRequest:
     def dype_config(self) -> DyPEConfig | None:
         """The DyPE configuration the preset and overrides resolve to (None = DyPE off)."""
         return resolve_dype_config(
-            self.preset, self.width, self.height, self.dype_scale, self.dype_exponent, self.method
+            self.preset,
+            width=self.width,
+            height=self.height,
+            dype_scale=self.dype_scale,
+            dype_exponent=self.dype_exponent,
+            method=self.method,
         )
 
 
@@ -273,10 +280,15 @@ def describe_dype(config: DyPEConfig | None) -> str:
     return f"DyPE on ({config.method}, scale {config.dype_scale:g}, exponent {config.dype_exponent:g})"
 
 
-def dype_parameters(config: DyPEConfig | None, prefix: str = "dype") -> dict[str, Any]:
+def dype_parameters(config: DyPEConfig | None, family: str = "flux1", prefix: str = "dype") -> dict[str, Any]:
+    """The config as PNG metadata, with the family defaults it resolves to (base resolution, isotropic)."""
     if config is None:
         return {f"{prefix}": "off"}
-    return {f"{prefix}": "on", **{f"{prefix}_{key.removeprefix('dype_')}": v for key, v in asdict(config).items()}}
+    fields = asdict(config) | {
+        "base_resolution": config.base_resolution_for(family),
+        "isotropic": config.isotropic_for(family),
+    }
+    return {f"{prefix}": "on", **{f"{prefix}_{key.removeprefix('dype_')}": v for key, v in fields.items()}}
 
 
 def _label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -27,11 +27,13 @@ from diffusers.models.controlnets.controlnet_flux import FluxControlNetModel
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 from torch import Tensor, nn
 
-from dype.config import DyPEConfig, check_choice, check_image_size
+from dype.config import DyPEConfig
 from dype.embed import DyPEPosEmbed
 from dype.extension import DyPEExtension
+from dype.families import FLUX1, check_image_side
 from dype.presets import resolve_dype_config
-from dype.schedule import DYPE_MU, SHIFT_MODES
+from dype.schedule import SHIFT_MODES
+from dype.validation import check_choice
 
 # The pipelines diffusers 0.40 provides that this module is tested with; any pipeline whose
 # `transformer` is a FluxTransformer2DModel and whose loop passes `timestep=timestep / 1000` works.
@@ -73,7 +75,7 @@ def flux_models(pipe: Any) -> dict[str, nn.Module]:
 
 
 @contextmanager
-def pinned_mu(scheduler: Any, mu: float = DYPE_MU) -> Iterator[float | None]:
+def pinned_mu(scheduler: Any, mu: float = FLUX1.dype_mu) -> Iterator[float | None]:
     """Make a FLUX pipeline's schedule use μ = `mu` at every size, through the scheduler's own config.
 
     The pipelines compute μ = calculate_shift(seq_len, base_seq_len, max_seq_len, base_shift, max_shift)
@@ -168,8 +170,8 @@ class DyPEPatch:
     def __init__(self, pipe: Any, config: DyPEConfig | None, width: int, height: int, shift: str = "official") -> None:
         self.pipe = pipe
         self.config = config
-        self.width = check_image_size("width", width)
-        self.height = check_image_size("height", height)
+        self.width = check_image_side("width", width)
+        self.height = check_image_side("height", height)
         self.shift = check_choice("shift", shift, SHIFT_MODES)
         models = flux_models(pipe)  # validates the pipeline even when DyPE is off
         self.mu: float | None = None
@@ -179,8 +181,7 @@ class DyPEPatch:
             return
         try:
             for name, model in models.items():
-                extension = DyPEExtension(config, height, width)
-                patched = extension.patched(model, attr="pos_embed", timestep_arg="timestep")
+                patched = DyPEExtension(config, width=width, height=height).patched(model)
                 self.embedders[name] = self._stack.enter_context(patched)
                 self._stack.enter_context(checked_image_grid(model, height, width))
             self._stack.enter_context(float32_image_ids(pipe))
@@ -250,7 +251,9 @@ def apply_dype(
     elif dype is None:
         config = None
     elif isinstance(dype, str):
-        config = resolve_dype_config(dype, width, height, dype_scale, dype_exponent, method)
+        config = resolve_dype_config(
+            dype, width=width, height=height, dype_scale=dype_scale, dype_exponent=dype_exponent, method=method
+        )
     else:
         raise ValueError(f"dype must be a preset name, a DyPEConfig or None; got {type(dype).__name__}")
     return DyPEPatch(pipe, config, width, height, shift)

@@ -31,7 +31,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from dype import DyPEConfig, DyPEExtension
-from dype.schedule import DYPE_MU, flux_mu, shifted_sigmas
+from dype.families import FLUX1
+from dype.schedule import schedule_mu, shifted_sigmas
 
 DyPEShift = Literal["official", "stock"]
 
@@ -153,9 +154,8 @@ def schedule_mu_label(state: DenoiseState, shift: bool) -> str:
         return f"μ n/a ({state.scheduler} uses its own linear schedule)"
     if not shift:
         return "μ none (schnell: no shift)"
-    if state.dype_active and state.shift == "official":
-        return f"μ={DYPE_MU:.2f} (pinned)"
-    return f"μ={flux_mu(state.width * state.height // 256):.2f} (stock)"
+    mu = schedule_mu(FLUX1, width=state.width, height=state.height, dype_active=state.dype_active, shift=state.shift)
+    return f"μ={mu:.2f} ({'pinned' if state.dype_active and state.shift == 'official' else 'stock'})"
 
 
 def _log_enabled(state: DenoiseState, shift: bool) -> None:
@@ -188,8 +188,8 @@ def _wrap_get_schedule(original: Callable[..., list[float]]) -> Callable[..., li
                 max_shift=max_shift,
                 shift=shift,
             )
-        # DYPE_SPEC.md §6: the official recipe pins μ at the 1024² value while DyPE is active.
-        return shifted_sigmas(num_steps, state.width, state.height, dype_active=True, shift="official")
+        # docs/math.md §6: the official recipe pins μ at the 1024² value while DyPE is active.
+        return shifted_sigmas(FLUX1, num_steps, width=state.width, height=state.height, dype_active=True)
 
     return _mark(get_schedule)
 
@@ -247,7 +247,7 @@ def _wrap_denoise(original: Callable[..., torch.Tensor]) -> Callable[..., torch.
             ids = arguments.get(name)
             if isinstance(ids, torch.Tensor) and ids.dtype != torch.float32:
                 arguments[name] = ids.float()
-        extension = DyPEExtension(state.config, target_height=state.height, target_width=state.width)
+        extension = DyPEExtension(state.config, width=state.width, height=state.height)
         with ExitStack() as stack:
             for patched_model in _models_to_patch(arguments["model"], arguments.get("controlnet_extensions")):
                 stack.enter_context(extension.patched(patched_model))

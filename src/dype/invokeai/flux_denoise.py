@@ -16,6 +16,7 @@ from invokeai.backend.util.devices import TorchDevice
 
 from dype import DyPEConfig
 from dype.config import DyPEMethod
+from dype.families import FLUX1
 from dype.invokeai.dispatch import DenoiseState, DyPEShift, active_state, install
 from dype.memory import log_memory_plan
 from dype.presets import resolve_dype_config
@@ -52,9 +53,10 @@ class FluxDenoiseInvocation(CoreFluxDenoiseInvocation):
         default="off",
         description=(
             "DyPE lets FLUX generate above 1024 px without repeated or broken structure. "
-            "'off': no DyPE, unless a DyPE scale is set. 'auto': on above 1536 px (longer side), "
-            "strength from the size. 'area': like auto, but from the image area (milder for panoramas). "
-            "'4k': settings tuned for 3840×2160 and 4096×2160. 'manual': use the scale and exponent below."
+            "'off': no DyPE. 'auto': on above 1536 px (longer side), strength from the size. "
+            "'area': like auto, but from the image area (milder for panoramas). "
+            "'4k': settings tuned for 3840×2160 and 4096×2160. 'manual': the scale and exponent below. "
+            "Only 'manual' reads the scale and exponent."
         ),
         ui_order=100,
         ui_choice_labels=DYPE_PRESET_LABELS,
@@ -66,7 +68,7 @@ class FluxDenoiseInvocation(CoreFluxDenoiseInvocation):
         le=8.0,
         description=(
             "DyPE strength (λs, 0–8): how far the early, noisy steps stretch the position encoding. "
-            "Empty: the preset decides (2 for manual and 4k). Setting it with preset 'off' turns DyPE on."
+            "Read by preset 'manual' only (empty: 2); 'off', 'auto', 'area' and '4k' ignore it."
         ),
         ui_order=101,
     )
@@ -77,7 +79,7 @@ class FluxDenoiseInvocation(CoreFluxDenoiseInvocation):
         le=1000.0,
         description=(
             "DyPE decay (λt, 0–1000): how fast the stretch fades as the image forms. Higher values hand "
-            "over to fine detail sooner. Empty: 2."
+            "over to fine detail sooner. Read by preset 'manual' only (empty: 2)."
         ),
         ui_order=102,
     )
@@ -107,8 +109,8 @@ class FluxDenoiseInvocation(CoreFluxDenoiseInvocation):
         """Our DyPE config for this node's fields (None = DyPE off); ValueError on bad input."""
         return resolve_dype_config(
             self.dype_preset,
-            self.width,
-            self.height,
+            width=self.width,
+            height=self.height,
             dype_scale=self.dype_scale,
             dype_exponent=self.dype_exponent,
             method=self.dype_method,
@@ -117,7 +119,7 @@ class FluxDenoiseInvocation(CoreFluxDenoiseInvocation):
     def _run_diffusion(self, context: InvocationContext):
         install()  # idempotent; makes the node work even if only this module was imported
         config = self.resolve_dype_config()
-        if config is not None and max(self.width, self.height) > config.base_resolution:
+        if config is not None and max(self.width, self.height) > config.base_resolution_for(FLUX1):
             _log_memory_plan(context, self.width, self.height)
         state = DenoiseState(
             config=config,
