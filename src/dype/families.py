@@ -62,7 +62,8 @@ class RopeFamily:
 
     Args:
         name: registry key (`flux1`, `flux2`, `z_image`, `chroma`).
-        title: the model family as users know it.
+        title: the model family as users know it ("FLUX.2").
+        variants: the checkpoints it covers ("Klein 4B/9B, dev").
         theta: RoPE base θ.
         axes_dim: rotary dimension of every id axis, in id order (FLUX.1: index, rows, columns).
         row_axis, column_axis: the id axes holding the image row and column; all others are plain RoPE.
@@ -80,6 +81,7 @@ class RopeFamily:
 
     name: str
     title: str
+    variants: str
     theta: float
     axes_dim: tuple[int, ...]
     row_axis: int
@@ -141,7 +143,8 @@ class RopeFamily:
 
 FLUX1 = RopeFamily(
     name="flux1",
-    title="FLUX.1 (dev, schnell, Kontext)",
+    title="FLUX.1",
+    variants="dev, schnell, Kontext",
     theta=10_000.0,
     axes_dim=(16, 56, 56),
     row_axis=1,
@@ -158,7 +161,8 @@ FLUX1 = RopeFamily(
 
 FLUX2 = RopeFamily(
     name="flux2",
-    title="FLUX.2 (Klein 4B/9B, dev)",
+    title="FLUX.2",
+    variants="Klein 4B/9B, dev",
     theta=2_000.0,
     axes_dim=(32, 32, 32, 32),
     row_axis=1,
@@ -176,7 +180,8 @@ FLUX2 = RopeFamily(
 
 Z_IMAGE = RopeFamily(
     name="z_image",
-    title="Z-Image (Turbo, Base)",
+    title="Z-Image",
+    variants="Turbo, Base",
     theta=256.0,
     axes_dim=(32, 48, 48),
     row_axis=1,
@@ -194,6 +199,7 @@ Z_IMAGE = RopeFamily(
 CHROMA = RopeFamily(
     name="chroma",
     title="Chroma",
+    variants="Chroma1-HD and its finetunes",
     theta=10_000.0,
     axes_dim=(16, 56, 56),
     row_axis=1,

@@ -33,7 +33,7 @@ class PlanStep:
     axes: tuple[AxisStep, AxisStep]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """A whole run: the family, the size, the config (None = DyPE off), μ (None = no shift), per-axis scales."""
 
@@ -87,4 +87,4 @@ def make_plan(
             for axis, scale in zip(family.spatial_axes, scales, strict=True)
         )  # fmt: skip
         steps.append(PlanStep(index, sigma, method_kappa(plan_config, sigma) if active else None, axes))
-    return Plan(family, width, height, config, mu, scales, steps)
+    return Plan(family=family, width=width, height=height, config=config, mu=mu, axis_scales=scales, steps=steps)

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--family",
         choices=FAMILY_NAMES,
         default="flux1",
-        help="model family: " + "; ".join(f"{name}: {family.title}" for name, family in FAMILIES.items()),
+        help="model family: "
+        + "; ".join(f"{name}: {family.title} ({family.variants})" for name, family in FAMILIES.items()),
     )
     add_dype_arguments(parser)
     parser.add_argument(

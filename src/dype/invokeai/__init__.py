@@ -7,17 +7,23 @@ pack's `__init__.py` on "reload custom nodes".
 Install the loader pack with `dype invokeai install --root PATH`.
 """
 
-from dype.invokeai import dispatch, flux_denoise, tiled_decode
+from dype.invokeai import dispatch, flux2_denoise, flux_denoise, tiled_decode, z_image_denoise
+from dype.invokeai.flux2_denoise import Flux2DenoiseInvocation
 from dype.invokeai.flux_denoise import FluxDenoiseInvocation
+from dype.invokeai.z_image_denoise import ZImageDenoiseInvocation
 
 
 def register() -> None:
     """Install the dispatch wrappers and make "flux_denoise" resolve to our node. Safe to call again."""
     dispatch.install()
+    flux2_denoise.install()
+    z_image_denoise.install()
     flux_denoise.ensure_registered()
+    flux2_denoise.ensure_registered()
+    z_image_denoise.ensure_registered()
     tiled_decode.ensure_registered()
 
 
 register()
 
-__all__ = ["FluxDenoiseInvocation", "register"]
+__all__ = ["Flux2DenoiseInvocation", "FluxDenoiseInvocation", "ZImageDenoiseInvocation", "register"]

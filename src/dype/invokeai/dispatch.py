@@ -132,7 +132,8 @@ def without_extra_euler_step(scheduler: object) -> object:
 # --- the wrappers ----------------------------------------------------------------------------------
 
 
-def _mark(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+def mark_wrapper(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """Tag `wrapper` so a second install leaves it alone."""
     setattr(wrapper, DISPATCH_MARK, True)
     return wrapper
 
@@ -145,7 +146,7 @@ def _wrap_get_dype_config_from_preset(original: Callable[..., Any]) -> Callable[
         # Our node runs its own DyPE (see `denoise` below); InvokeAI's must stay off.
         return None
 
-    return _mark(get_dype_config_from_preset)
+    return mark_wrapper(get_dype_config_from_preset)
 
 
 def schedule_mu_label(state: DenoiseState, shift: bool) -> str:
@@ -191,7 +192,7 @@ def _wrap_get_schedule(original: Callable[..., list[float]]) -> Callable[..., li
         # docs/math.md §6: the official recipe pins μ at the 1024² value while DyPE is active.
         return shifted_sigmas(FLUX1, num_steps, width=state.width, height=state.height, dype_active=True)
 
-    return _mark(get_schedule)
+    return mark_wrapper(get_schedule)
 
 
 def _wrap_ids(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -210,7 +211,7 @@ def _wrap_ids(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tens
             return original(*bound.args, **bound.kwargs)
         return original(*args, **kwargs)
 
-    return _mark(ids)
+    return mark_wrapper(ids)
 
 
 def _models_to_patch(model: torch.nn.Module, controlnet_extensions: list[Any] | None) -> list[torch.nn.Module]:
@@ -253,10 +254,10 @@ def _wrap_denoise(original: Callable[..., torch.Tensor]) -> Callable[..., torch.
                 stack.enter_context(extension.patched(patched_model))
             return original(**arguments)
 
-    return _mark(denoise)
+    return mark_wrapper(denoise)
 
 
-_WRAPPERS: dict[str, dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
+_WRAPPERS: dict[str, dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = {  # FLUX.1 Denoise
     FLUX_DENOISE_MODULE: {
         "get_dype_config_from_preset": _wrap_get_dype_config_from_preset,
         "get_schedule": _wrap_get_schedule,
@@ -267,27 +268,40 @@ _WRAPPERS: dict[str, dict[str, Callable[[Callable[..., Any]], Callable[..., Any]
 }
 
 
-def is_installed() -> bool:
-    """Whether every dispatch wrapper is in place."""
+WrapperTable = dict[str, dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]]
+
+
+def wrappers_installed(table: WrapperTable) -> bool:
+    """Whether every wrapper of `table` (module → global name → wrap) is in place."""
     import importlib
 
-    for module_name, wrappers in _WRAPPERS.items():
+    for module_name, wrappers in table.items():
         module = importlib.import_module(module_name)
         if not all(getattr(getattr(module, name), DISPATCH_MARK, False) for name in wrappers):
             return False
     return True
 
 
-def install() -> None:
-    """Put the dispatch wrappers into InvokeAI's module globals. Idempotent: a wrapped global stays as is.
+def install_wrappers(table: WrapperTable) -> None:
+    """Put the wrappers of `table` into InvokeAI's module globals. Idempotent: a wrapped global stays as is.
 
-    Process-wide but inert: with no `DenoiseState` set each wrapper calls the original unchanged.
+    Process-wide but inert: with no state set each wrapper calls the original unchanged.
     """
     import importlib
 
-    for module_name, wrappers in _WRAPPERS.items():
+    for module_name, wrappers in table.items():
         module = importlib.import_module(module_name)
         for name, wrap in wrappers.items():
             current = getattr(module, name)
             if not getattr(current, DISPATCH_MARK, False):
                 setattr(module, name, wrap(current))
+
+
+def is_installed() -> bool:
+    """Whether every FLUX Denoise dispatch wrapper is in place."""
+    return wrappers_installed(_WRAPPERS)
+
+
+def install() -> None:
+    """Install FLUX Denoise's dispatch wrappers (idempotent)."""
+    install_wrappers(_WRAPPERS)
