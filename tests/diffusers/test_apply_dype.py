@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 from PIL import Image
 
 from dype import DyPEConfig, DyPEPosEmbed
-from dype.diffusers import apply_dype, pinned_mu
+from dype.diffusers import PIPELINE_KINDS, apply_dype, pinned_mu
 from dype.families import FLUX1
 from dype.schedule import shifted_sigmas, stock_mu, time_shift
 
@@ -109,7 +110,7 @@ def test_reversible_function_and_double_apply(flux_pipe: FluxPipeline) -> None:
     patch = apply_dype(flux_pipe, CONFIG, width=SIZE, height=SIZE)
     assert isinstance(flux_pipe.transformer.pos_embed, DyPEPosEmbed)
     pinned_state = pipeline_state(flux_pipe)
-    with pytest.raises(ValueError, match="already has an active DyPE patch"):
+    with pytest.raises(ValueError, match="FluxPipeline already has an active apply_dype"):
         apply_dype(flux_pipe, CONFIG, width=SIZE, height=SIZE)
     assert pipeline_state(flux_pipe) == pinned_state  # the refused second patch left nothing behind
     patch.remove()
@@ -164,8 +165,9 @@ def test_pinned_mu_restores_missing_keys() -> None:
         {k: v for k, v in scheduler.config.items() if k not in ("base_shift", "max_shift")}
     )
     before = dict(scheduler.config)
-    with pinned_mu(scheduler) as mu:
-        assert mu == DYPE_MU and scheduler.config["base_shift"] == scheduler.config["max_shift"] == DYPE_MU
+    pipe = SimpleNamespace(scheduler=scheduler)
+    with pinned_mu(pipe, PIPELINE_KINDS[0], DYPE_MU) as guard:
+        assert guard.mu == DYPE_MU and scheduler.config["base_shift"] == scheduler.config["max_shift"] == DYPE_MU
     assert dict(scheduler.config) == before
 
 
@@ -227,7 +229,8 @@ def test_bad_arguments(flux_pipe: FluxPipeline, dype: Any, kwargs: dict[str, Any
 
 
 def test_not_a_flux_pipeline() -> None:
-    with pytest.raises(ValueError, match="FLUX pipeline whose transformer is a FluxTransformer2DModel"):
+    message = r"pipe must be a diffusers pipeline of a supported family .*FluxPipeline.*ZImagePipeline"
+    with pytest.raises(ValueError, match=message):
         apply_dype(object(), "4k", width=SIZE, height=SIZE)
 
 

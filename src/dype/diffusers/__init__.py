@@ -1,4 +1,4 @@
-"""DyPE for diffusers' FLUX pipelines (diffusers 0.40, the version invokeai 6.14.2 pins).
+"""DyPE for diffusers pipelines: FLUX.1, FLUX.2 (Klein, dev), Chroma, Z-Image (diffusers 0.40, as invokeai 6.14.2).
 
     from dype.diffusers import apply_dype
 
@@ -9,21 +9,27 @@ Importing this package imports diffusers; `dype` itself does not.
 """
 
 from dype.diffusers.patch import (
+    PIPELINE_KINDS,
     SUPPORTED_PIPELINES,
     DyPEPatch,
+    PipelineKind,
+    active_dype,
     apply_dype,
-    checked_image_grid,
     float32_image_ids,
-    flux_models,
+    patched_models,
     pinned_mu,
+    pipeline_kind,
 )
 
 __all__ = [
+    "PIPELINE_KINDS",
     "SUPPORTED_PIPELINES",
     "DyPEPatch",
+    "PipelineKind",
+    "active_dype",
     "apply_dype",
-    "checked_image_grid",
     "float32_image_ids",
-    "flux_models",
+    "patched_models",
     "pinned_mu",
+    "pipeline_kind",
 ]
