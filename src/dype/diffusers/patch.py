@@ -77,8 +77,13 @@ class PipelineKind:
     refused: tuple[tuple[str, str], ...] = ()
 
 
-FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline")
-FLUX_PIPELINES += ("FluxKontextPipeline",)
+FLUX_PIPELINES = (
+    "FluxPipeline",
+    "FluxImg2ImgPipeline",
+    "FluxInpaintPipeline",
+    "FluxControlNetPipeline",
+    "FluxKontextPipeline",
+)
 PIPELINE_KINDS: tuple[PipelineKind, ...] = (
     PipelineKind(
         "flux",
