@@ -224,7 +224,7 @@ class DyPEEmbedND(DyPEEmbedder):
             shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
             raise ValueError(f"ids must have shape (B, N, {len(self.axes_dim)}), got {shape}")
         batch, tokens, _ = ids.shape
-        pe = self.embed(ids.reshape(batch * tokens, -1))
+        pe = self.embed(ids.reshape(batch * tokens, ids.shape[-1]))
         return pe.reshape(batch, tokens, -1, 2, 2).unsqueeze(1)
 
 

@@ -106,6 +106,12 @@ class RopeFamily:
                 f"row_axis and column_axis must be two different axes of {len(self.axes_dim)}, "
                 f"got {self.row_axis} and {self.column_axis}"
             )
+        for axis in self.spatial_axes:  # NTK scales θ by s^(d/(d−2)): a spatial axis needs d ≥ 4
+            if self.axes_dim[axis] < 4:
+                raise ValueError(
+                    f"axes_dim[{axis}] (a spatial axis) must be at least 4, got {self.axes_dim[axis]} "
+                    f"in {list(self.axes_dim)}"
+                )
         check_multiple("pixels_per_token", self.pixels_per_token, 1, "pixels")
         check_multiple("base_resolution", self.base_resolution, self.pixels_per_token)
         if not self.layouts:

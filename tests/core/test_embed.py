@@ -165,3 +165,28 @@ def test_diffusers_layout_equals_diffusers_flux_pos_embed_at_base_size() -> None
     ids = flux_ids(1024, 1024, text_tokens=4)[0]
     for ours, theirs in zip(pos_embed(ids), original(ids), strict=True):
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(("dtype", "limit"), [(torch.bfloat16, 256), (torch.float16, 2048)])
+def test_low_precision_ids_are_refused_from_the_first_ambiguous_row(dtype: torch.dtype, limit: int) -> None:
+    """Issue #12 item 4: bf16 rounds 257 to 256, so rows 0…257 hold two rows at 256; fp16 likewise at 2049."""
+    rows = torch.arange(limit + 2, dtype=torch.float32)
+    ids = torch.stack([torch.zeros_like(rows), rows, torch.zeros_like(rows)], dim=-1)[None]
+    assert torch.unique(ids.to(dtype)[0, :, 1]).numel() < limit + 2  # the collision the guard prevents
+    with pytest.raises(ValueError, match=f"holds integers exactly only below {limit}"):
+        make()(ids.to(dtype))
+    exact = ids[:, :limit].to(dtype)  # rows 0 … limit−1: every position exact
+    assert torch.unique(exact[0, :, 1]).numel() == limit
+    make()(exact)
+
+
+@pytest.mark.parametrize("axes_dim", [[2, 2, 2], [16, 2, 56], [8, 56, 2]])
+def test_spatial_axes_of_dimension_two_are_refused(axes_dim: list[int]) -> None:
+    """Issue #12 item 9: NTK divides by d − 2; a 2-dimensional spatial axis is a clear error, not a crash."""
+    with pytest.raises(ValueError, match=r"a spatial axis\) must be at least 4"):
+        DyPEEmbedND(sum(axes_dim), THETA, axes_dim, DyPEConfig(method="ntk"))
+
+
+def test_empty_ids_are_refused() -> None:
+    with pytest.raises(ValueError, match="ids must hold at least one token"):
+        make()(torch.zeros(1, 0, 3))
