@@ -2,7 +2,7 @@
 
 The CPU torch 2.13.0 wheel next to the torchvision 0.28.0 that `invokeai` pulls in fails on import with
 "operator torchvision::nms does not exist". FLUX never uses the detection ops, so registering their two
-schemas lets everything else import (INVOKEAI_NOTES.md). Nothing is registered when torchvision imports
+schemas lets everything else import. Nothing is registered when torchvision imports
 cleanly: a matching build would then crash on a duplicate definition.
 """
 

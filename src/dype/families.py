@@ -58,7 +58,7 @@ class StockMu:
 
 @dataclass(frozen=True)
 class RopeFamily:
-    """One RoPE image family (FAMILIES.md §1.1 of the contract; docs/families.md).
+    """One RoPE image family (docs/families.md).
 
     Args:
         name: registry key (`flux1`, `flux2`, `z_image`, `chroma`).
