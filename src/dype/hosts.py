@@ -38,12 +38,13 @@ def refuse_kv_cache(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
 
 
 def refuse_omni(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], sigma_dependent: bool) -> None:
-    """Z-Image's omni mode embeds two times per forward (t, then 1.0): one σ per call cannot describe it."""
+    """Z-Image's omni mode embeds two times per forward (t, then 1.0): one σ per call cannot describe it
+    (static frequencies do not depend on σ and are served)."""
     x = kwargs["x"] if "x" in kwargs else (args[0] if args else None)
-    if isinstance(x, (list, tuple)) and x and isinstance(x[0], (list, tuple)):
+    if sigma_dependent and isinstance(x, (list, tuple)) and x and isinstance(x[0], (list, tuple)):
         raise ValueError(
             f"{type(model).__name__} was called in omni mode (nested x, as ZImageOmniPipeline does): it embeds two "
-            "time steps per call, so DyPE cannot follow σ. Use ZImagePipeline, or turn DyPE off"
+            "time steps per call, so dynamic DyPE cannot follow σ. Use ZImagePipeline, a static method, or DyPE off"
         )
 
 

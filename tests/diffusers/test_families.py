@@ -285,3 +285,42 @@ def test_reference_image_tokens_keep_their_index_and_share_the_image_frequencies
         ref = torch.nonzero(references & (ids[:, 1] == row) & (ids[:, 2] == column)).flatten()[0]
         own = torch.nonzero(~references & (ids[:, 1] == row) & (ids[:, 2] == column)).flatten()[0]
         assert torch.equal(cos[ref, 32:96], cos[own, 32:96])
+
+
+def test_z_image_controlnet_pipeline_patches_the_shared_embedders(pipes: dict[str, Any]) -> None:
+    from diffusers import ZImageControlNetModel, ZImageControlNetPipeline
+
+    from tests.invokeai.family_support import record_embedder_calls
+
+    base = pipes["z_image"]
+    torch.manual_seed(1)
+    controlnet = ZImageControlNetModel(
+        control_layers_places=[0], control_in_dim=16, dim=128, n_refiner_layers=1, n_heads=1, n_kv_heads=1
+    ).eval()
+    pipe = ZImageControlNetPipeline(base.scheduler, base.vae, None, None, base.transformer, controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    stock = pipe.transformer.rope_embedder
+    assert pipe.controlnet.rope_embedder is stock  # from_transformer shares it
+    control = Image.new("RGB", (SIZE, SIZE), (120, 30, 200))
+    with record_embedder_calls(DyPEEmbedder, "embed") as calls, apply_dype(pipe, ON, width=SIZE, height=SIZE) as patch:
+        assert set(patch.embedders) == {"transformer", "controlnet"}
+        assert isinstance(pipe.controlnet.rope_embedder, DyPERopeEmbedder)
+        run(pipe, "z_image", steps=1, control_image=control)
+    owners = {call.embedder for call in calls}
+    assert owners == {"DyPEEmbedder"} and len(calls) == 4  # image + caption, in the ControlNet and the transformer
+    assert pipe.transformer.rope_embedder is stock and pipe.controlnet.rope_embedder is stock
+    assert not any(m._forward_pre_hooks for m in pipe.transformer.modules())
+
+
+def test_z_image_omni_pipeline_is_refused_while_dype_is_on(pipes: dict[str, Any]) -> None:
+    from diffusers import ZImageOmniPipeline
+
+    base = pipes["z_image"]
+    omni = ZImageOmniPipeline(base.scheduler, base.vae, None, None, base.transformer, None, None)
+    with pytest.raises(ValueError, match=r"ZImageOmniPipeline.*omni mode embeds two time steps"):
+        apply_dype(omni, ON, width=SIZE, height=SIZE)
+    with apply_dype(omni, "off", width=SIZE, height=SIZE) as patch:  # off changes nothing, so it is allowed
+        assert not patch.active
+    # And the transformer refuses an omni call (nested x) while patched, whoever makes it.
+    with apply_dype(base, ON, width=SIZE, height=SIZE), pytest.raises(ValueError, match="omni mode"):
+        base.transformer([[torch.randn(16, 1, 32, 32)]], torch.tensor([0.5]), [[EMBEDS[0]]])

@@ -105,7 +105,7 @@ def test_a_second_pipeline_sharing_the_transformer(flux_pipe: FluxPipeline) -> N
     sibling = FluxPipeline(**flux_pipe.components)
     sibling.set_progress_bar_config(disable=True)
     with apply_dype(flux_pipe, CONFIG, width=SIZE, height=SIZE):
-        with pytest.raises(ValueError, match="pipe.transformer .* already has an active DyPE patch, from another"):
+        with pytest.raises(ValueError, match=r"pipe.transformer .* already has an active DyPE patch, from another"):
             apply_dype(sibling, CONFIG, width=SIZE, height=SIZE)
         with pytest.raises(ValueError, match="a pipeline sharing this FluxTransformer2DModel runs DyPE too"):
             run(sibling, width=128, height=128)
