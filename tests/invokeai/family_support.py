@@ -96,7 +96,9 @@ def text_embeddings(seed: int, tokens: int = 8) -> torch.Tensor:
     return torch.randn(1, tokens, TEXT_WIDTH, generator=torch.Generator().manual_seed(seed))
 
 
-def run_node(invocation: Any, services: FamilyServices, ctx: MagicMock | None = None) -> tuple[torch.Tensor, MagicMock]:
+def run_node(
+    invocation: Any, services: FamilyServices, ctx: MagicMock | None = None
+) -> tuple[torch.Tensor, MagicMock]:
     """`invocation.invoke(context)` → (the latents it saved, the context, for its logger)."""
     ctx = services.context() if ctx is None else ctx
     torch.manual_seed(0)  # LCM draws fresh noise from the global generator
