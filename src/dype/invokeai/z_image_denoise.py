@@ -164,10 +164,10 @@ class ZImageDenoiseInvocation(CoreZImageDenoiseInvocation):
             return super()._run_diffusion(context)
 
     def _log_enabled(self, logger: logging.Logger | Any, config: DyPEConfig) -> None:
-        if self.shift is not None:
-            shift = f"shift={self.shift:g} (the node's Shift field)"
-        elif self.scheduler != "euler":
+        if self.scheduler != "euler":  # heun and lcm run at shift 1 whatever the Shift field says
             shift = f"shift n/a ({self.scheduler} uses its own linear schedule)"
+        elif self.shift is not None:
+            shift = f"shift={self.shift:g} (the node's Shift field)"
         elif self.pins_shift():
             shift = f"shift={DYPE_SHIFT:.3f} (1024² schedule)"
         else:
