@@ -3,7 +3,7 @@
 A clone holds the files git tracks. The working tree may also hold uncommitted work, a `.venv/` (the
 setup script puts one there) and build output; the tests want the files a clone of *this* working tree
 would have: tracked and untracked-but-not-ignored ones, as `git ls-files` lists them. Without git (or
-outside a git checkout) they fall back to every file outside dot-folders and build output.
+outside a git checkout) they fall back to every file outside `.git`, virtual environments, caches and build output.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-NOT_IN_A_CLONE = {"build", "dist", "__pycache__"}
+NOT_IN_A_CLONE = {".git", ".venv", ".pytest_cache", ".ruff_cache", "__pycache__", "build", "dist", "out"}
 
 
 def clone_files(repo: Path = REPO) -> list[Path]:
@@ -32,7 +32,7 @@ def clone_files(repo: Path = REPO) -> list[Path]:
         path.relative_to(repo)
         for path in repo.rglob("*")
         if path.is_file()
-        and not any(part.startswith(".") or part in NOT_IN_A_CLONE for part in path.relative_to(repo).parts[:-1])
+        and not any(part in NOT_IN_A_CLONE or part.endswith(".egg-info") for part in path.relative_to(repo).parts)
         and not path.name.endswith(".pyc")
     )
 

@@ -4,8 +4,8 @@
 models, nothing downloaded), stopped at the end. The pack goes in through the Nodes tab's API: "install
 from a git URL", with a local git repository of this working tree as the URL (offline); the clone's
 folder is `dype`, the package's own name. Then, over HTTP only: the schema, the Linear UI's exact
-`flux_denoise` batch through the queue API (and 422 for bad values), the node count, the imported
-workflows, uninstall (InvokeAI's nodes back without a restart) and a second install in the same process.
+`flux_denoise` batch through the queue API (and 422 for bad values), the node count, reload, the
+imported workflows, uninstall (InvokeAI's nodes back without a restart) and a second install in the same process.
 
 The child imports torchvision through the tests' fix (loaded by file path: importing the `dype` package
 there would load a second copy before the clone's, which the pack refuses). If git is missing, a stand-in
@@ -100,8 +100,8 @@ def stop(process: subprocess.Popen) -> None:
         return
     process.send_signal(signal.SIGINT)  # what Ctrl+C does: InvokeAI's own shutdown
     try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # it can linger on an idle worker thread; the root is temporary
+        process.wait(timeout=2)
+    except subprocess.TimeoutExpired:  # 6.14.2 lingers on an idle AnyIO worker thread; the root is temporary
         process.kill()
         process.wait(timeout=10)
 
@@ -113,7 +113,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root.mkdir()
     port = free_port()
     (root / "invokeai.yaml").write_text(f"schema_version: 4.0.2\nhost: 127.0.0.1\nport: {port}\n")
-    source = make_git_source(tmp / "git source" / PACK)
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("INVOKEAI_") and k != "PYTHONPATH"}
     if (stand_in := fake_git(tmp / "bin", sys.executable)) is not None:
         env["PATH"] = f"{stand_in}{os.pathsep}{env.get('PATH', '')}"
@@ -127,8 +126,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             env=env,
             cwd=tmp,
         )
-    live = Server(f"http://127.0.0.1:{port}", root, log, process, source, install={})
+    live = Server(f"http://127.0.0.1:{port}", root, log, process, tmp / "git source" / PACK, install={})
     try:
+        source = make_git_source(live.source)  # while the server starts
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             assert process.poll() is None, f"invokeai-web exited:\n{live.log_text()[-4000:]}"
@@ -159,8 +159,12 @@ def test_git_url_install_loads_the_pack_and_imports_its_workflows(server):
     assert status == 200
     names = {item["name"] for item in listing["items"]}
     assert names == {json.loads(p.read_text())["name"] for p in packaged_workflows()}
+    for _ in range(2):  # Nodes tab ▸ Custom Nodes ▸ Reload re-executes nodes/dype/__init__.py as `dype`
+        status, result = server.call("POST", "/api/v2/custom_nodes/reload")
+        assert status == 200 and result == {"status": "Custom nodes reloaded successfully."}
+        assert server.packs() == {PACK: PACK_TYPES}
     log = server.log_text()
-    assert 'Overriding core node "flux_denoise" with node from "dype"' in log
+    assert log.count('Overriding core node "flux_denoise" with node from "dype"') == 1  # registered once
     assert "Failed to load node pack" not in log
 
 
