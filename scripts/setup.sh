@@ -17,7 +17,8 @@ pip_install() {
 }
 pip_install -q "$TORCH"
 if [ "${1:-}" = "--dev" ]; then
-  pip_install -q "$TORCH" "torchvision==0.28.0" -e ".[invokeai,diffusers,cli,dev]"
+  # invokeai is pinned to the release the tests are written against (the `invokeai` extra allows 6.14.x).
+  pip_install -q "$TORCH" "torchvision==0.28.0" "invokeai==6.14.2" -e ".[invokeai,diffusers,cli,dev]"
 else
   pip_install -q "$TORCH" -e ".[cli]"
 fi

@@ -34,6 +34,7 @@ def test_load_custom_nodes_picks_the_pack_up(invokeai_root, core_class, dype_cla
             assert InvocationRegistry.get_invocation_for_type("flux_denoise") is dype_class
     finally:
         sys.modules.pop(PACK_NAME, None)
+        InvocationRegistry.unregister_pack(PACK_NAME)  # as the Nodes tab's Uninstall: the pack lets go
         dype.invokeai.register()
     assert dype_class.UIConfig.version == "4.7.0" and dype_class.UIConfig.title == "FLUX Denoise"
     assert issubclass(dype_class, core_class)
@@ -97,22 +98,22 @@ def test_cli_install_is_idempotent_and_safe(invokeai_root, capsys):
     pack = install_pack(invokeai_root)
     assert install_pack(invokeai_root) == pack == invokeai_root / "nodes" / PACK_NAME
     init = (pack / "__init__.py").read_text()
-    assert "import dype.invokeai" in init and "dype.invokeai.register()" in init
+    assert "import dype.invokeai" in init and "dype.invokeai.register(pack=" in init
     assert [p.name for p in (invokeai_root / "nodes").iterdir()] == [PACK_NAME]  # never a folder named dype
     assert pack_status(invokeai_root).installed
     assert dype_main(["invokeai", "status", "--root", str(invokeai_root)]) == 0
     out = capsys.readouterr().out
     assert "pack: installed" in out and "invokeai importable here: 6.14.2" in out
 
-    assert uninstall_pack(invokeai_root) is True
-    assert uninstall_pack(invokeai_root) is False
+    assert uninstall_pack(invokeai_root).existed is True
+    assert uninstall_pack(invokeai_root).existed is False
     assert not pack.exists()
     assert dype_main(["invokeai", "status", "--root", str(invokeai_root)]) == 1
     assert "pack: not installed" in capsys.readouterr().out
 
 
 def test_cli_respects_custom_nodes_dir(invokeai_root):
-    (invokeai_root / "invokeai.yaml").write_text("custom_nodes_dir: my_nodes  # moved\n")
+    (invokeai_root / "invokeai.yaml").write_text("schema_version: 4.0.2\ncustom_nodes_dir: my_nodes  # moved\n")
     assert nodes_dir(invokeai_root) == invokeai_root / "my_nodes"
     assert install_pack(invokeai_root) == invokeai_root / "my_nodes" / PACK_NAME
 

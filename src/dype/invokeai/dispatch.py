@@ -297,11 +297,23 @@ def install_wrappers(table: WrapperTable) -> None:
                 setattr(module, name, wrap(current))
 
 
+# Every node module's table (FLUX.1 here; FLUX.2 and Z-Image add theirs on import): what `install` puts in
+# place and what a fresh import of the package takes over (`dype.invokeai.registration`).
+WRAPPER_TABLES: list[WrapperTable] = [_WRAPPERS]
+
+
+def add_wrapper_table(table: WrapperTable) -> None:
+    """Make `install` / `is_installed` cover `table` too (once)."""
+    if all(existing is not table for existing in WRAPPER_TABLES):
+        WRAPPER_TABLES.append(table)
+
+
 def is_installed() -> bool:
-    """Whether every FLUX Denoise dispatch wrapper is in place."""
-    return wrappers_installed(_WRAPPERS)
+    """Whether every dispatch wrapper of every node is in place."""
+    return all(wrappers_installed(table) for table in WRAPPER_TABLES)
 
 
 def install() -> None:
-    """Install FLUX Denoise's dispatch wrappers (idempotent)."""
-    install_wrappers(_WRAPPERS)
+    """Install every node's dispatch wrappers (idempotent)."""
+    for table in WRAPPER_TABLES:
+        install_wrappers(table)

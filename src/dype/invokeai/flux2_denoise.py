@@ -33,7 +33,7 @@ from dype.config import DyPEConfig, DyPEMethod
 from dype.extension import DyPEExtension
 from dype.families import FLUX2
 from dype.invokeai import dype_fields
-from dype.invokeai.dispatch import WrapperTable, install_wrappers, mark_wrapper
+from dype.invokeai.dispatch import WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
 from dype.invokeai.settings import default_preset
 from dype.presets import DyPEPreset, resolve_dype_config
 
@@ -81,6 +81,8 @@ def _wrap_denoise(original: Callable[..., torch.Tensor]) -> Callable[..., torch.
 
 
 WRAPPERS: WrapperTable = {FLUX2_DENOISE_MODULE: {"denoise": _wrap_denoise}}
+
+add_wrapper_table(WRAPPERS)
 
 
 def install() -> None:

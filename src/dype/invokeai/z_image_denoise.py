@@ -36,7 +36,7 @@ from dype.config import DyPEConfig, DyPEMethod
 from dype.extension import DyPEExtension
 from dype.families import Z_IMAGE
 from dype.invokeai import dype_fields
-from dype.invokeai.dispatch import WrapperTable, install_wrappers, mark_wrapper
+from dype.invokeai.dispatch import WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
 from dype.invokeai.settings import default_preset
 from dype.presets import DyPEPreset, resolve_dype_config
 
@@ -90,6 +90,8 @@ def _wrap_regional_patch(original: Callable[..., AbstractContextManager[Any]]) -
 
 
 WRAPPERS: WrapperTable = {Z_IMAGE_DENOISE_MODULE: {"patch_transformer_for_regional_prompting": _wrap_regional_patch}}
+
+add_wrapper_table(WRAPPERS)
 
 
 def install() -> None:
