@@ -1,6 +1,7 @@
-"""Working-memory estimates for a FLUX run at a given size, and a log line before one starts.
+"""Working-memory estimates for a FLUX run at a given size, and where a tiled decode parks its tiles.
 
-Estimates, not measurements; each formula says where its constant comes from.
+Estimates, not measurements; each formula says where its constant comes from. Numbers only: the
+InvokeAI log line built from them (naming InvokeAI's nodes) is ``dype.invokeai.memory_plan``.
 
 * Untiled VAE decode: InvokeAI's own ``estimate_vae_working_memory_flux`` (invokeai 6.14.2,
   ``invokeai/backend/util/vae_working_memory.py``): ``H * W * element_size * 2200`` bytes, the decode
@@ -9,9 +10,9 @@ Estimates, not measurements; each formula says where its constant comes from.
   overlap and blending (its SD/Qwen/Wan tiled estimates do the same), plus the whole-image head at
   latent resolution (``(H/8) * (W/8) * 512 channels * element_size * 8``: about eight 512-channel
   tensors are live in the mid block's attention), plus the output image (``H * W * 3 * element_size``).
-  The tiles waiting between GroupNorms live on the park device (host RAM when decoding on a GPU):
-  ``estimate_park_memory``, a 256- and a 128-channel full-resolution tensor at the worst GroupNorm,
-  times the area the overlaps add (``plan_axis``).
+  The tiles waiting between GroupNorms are parked on the device when they fit in its free memory, else
+  in host RAM (``choose_park_place``): ``estimate_park_memory``, 256 full-resolution channels at the
+  worst GroupNorm, times the area the overlaps add (``plan_axis``).
 * Denoise: ``(H/16) * (W/16)`` image tokens plus the T5 tokens (512 for dev). Activations of a
   single-stream block ~ ``tokens * 3072 * element_size * 20`` (its fused linear alone is 7 hidden
   widths wide; 20 covers q/k/v, the MLP and the residual stream). The attention score matrix
@@ -22,24 +23,22 @@ Estimates, not measurements; each formula says where its constant comes from.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal
 
 import torch
 
 from dype.tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, MIN_TILE_SIZE, plan_axis
-
-TILED_NODE_TITLE = "Latents to Image - FLUX (tiled)"
-TILED_NODE_TYPE = "flux_vae_decode_tiled"
 
 VAE_DECODE_BYTES_PER_PIXEL_BYTE = 2200  # InvokeAI's estimate_vae_working_memory_flux, decode
 TILED_OVERHEAD = 1.25  # InvokeAI's tiled estimates: +25% for overlap and blending
 VAE_SCALE = 8  # pixels per latent cell
 VAE_MID_CHANNELS = 512
 VAE_MID_LIVE_TENSORS = 8
-PARK_CHANNELS = 256 + 128  # worst GroupNorm: first level-0 ResnetBlock (256-channel input, 128-channel h)
+# Worst GroupNorm of FLUX's decoder for dype.tiled_vae: full-resolution blocks park 256 channels (the first
+# one's 256-channel input at norm1; h and the 1x1 shortcut, 128 + 128, at norm2).
+PARK_CHANNELS = 256
 FLUX_PATCH = 16  # pixels per image token (8x VAE, 2x2 patchify)
 FLUX_HIDDEN = 3072
 FLUX_HEADS = 24
@@ -47,11 +46,11 @@ FLUX_LIVE_HIDDEN_WIDTHS = 20
 FLUX_PE_BYTES_PER_TOKEN = 64 * 2 * 2 * 4
 T5_TOKENS_DEV = 512
 GIB = 2**30
+# Kept free when parking on the device: CUDA/cuDNN workspaces, allocator fragmentation, the output image.
+PARK_MARGIN_BYTES = GIB
+PARK_MARGIN_FRACTION = 0.1
 
-
-class _Logger(Protocol):
-    def info(self, msg: str, /) -> object: ...
-    def warning(self, msg: str, /) -> object: ...
+ParkPlace = Literal["device", "host"]
 
 
 def _check_size(field: str, value: object) -> int:
@@ -107,7 +106,7 @@ def estimate_decode_memory(
 ) -> int:
     """Device working memory of a FLUX VAE decode at width x height pixels, in bytes (module doc).
 
-    ``tiled=False`` is InvokeAI's own figure for its "Latents to Image - FLUX" node.
+    ``tiled=False`` is InvokeAI's own figure for its untiled FLUX decode (``estimate_vae_working_memory_flux``).
     """
     width, height = _check_size("width", width), _check_size("height", height)
     element_size = _check_element_size(element_size)
@@ -129,13 +128,37 @@ def estimate_park_memory(
     overlap: int = DEFAULT_OVERLAP,
     element_size: int = 2,
 ) -> int:
-    """Bytes a tiled decode parks on the park device (host RAM on a GPU) at its worst GroupNorm."""
+    """Bytes a tiled decode of one FLUX image parks (on the device or in host RAM) at its worst GroupNorm."""
     width, height = _check_size("width", width), _check_size("height", height)
     element_size = _check_element_size(element_size)
     _check_tile(tile_size, overlap)
     if max(width, height) <= tile_size:
         return 0  # one tile: nothing waits
     return int(width * height * PARK_CHANNELS * element_size * _duplication(width, height, tile_size, overlap))
+
+
+def choose_park_place(free_bytes: int | None, park_bytes: int, working_bytes: int = 0) -> ParkPlace:
+    """Where a tiled decode's waiting tiles go: "device" when they and one tile's step fit in the device's
+    free memory less a margin (1 GiB plus 10 % of the free memory), else "host" (host RAM), also when
+    the free memory is unknown.
+
+    Args:
+        free_bytes: free memory of the decoding device now (``free_memory``), or None if unknown.
+        park_bytes: the waiting tiles at the worst GroupNorm (``estimate_park_memory`` or
+            ``dype.tiled_vae.plan_park``).
+        working_bytes: device memory one tile's step needs on top (wherever the tiles wait).
+    """
+    for field, value in (("park_bytes", park_bytes), ("working_bytes", working_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{field} must be an int >= 0 (bytes), got {value!r}")
+    if free_bytes is not None and (isinstance(free_bytes, bool) or not isinstance(free_bytes, int)):
+        raise ValueError(f"free_bytes must be an int (bytes) or None (unknown), got {free_bytes!r}")
+    if park_bytes == 0:
+        return "device"  # one tile: nothing waits, nothing to copy
+    if free_bytes is None:
+        return "host"
+    usable = free_bytes * (1 - PARK_MARGIN_FRACTION) - PARK_MARGIN_BYTES
+    return "device" if park_bytes + working_bytes <= usable else "host"
 
 
 def _duplication(width: int, height: int, tile_size: int, overlap: int) -> float:
@@ -155,10 +178,13 @@ def _check_tile(tile_size: int, overlap: int) -> None:
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device``: CUDA's mem_get_info; the available RAM for CPU and MPS (unified);
-    None where unknown."""
+    """Free bytes on ``device``: CUDA's mem_get_info plus what PyTorch's allocator holds unused; the
+    available RAM for CPU and MPS (unified); None where unknown."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
+        if torch.cuda.is_initialized():
+            # Blocks PyTorch's caching allocator holds but no tensor uses are free to this process too.
+            free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(free)
     if device.type in ("cpu", "mps"):
         return available_ram()
@@ -192,7 +218,7 @@ class MemoryPlan:
     denoise: DenoiseMemory
     decode_untiled_bytes: int
     decode_tiled_bytes: int
-    decode_park_bytes: int  # host RAM the tiled decode parks tiles in (when decoding on a GPU)
+    decode_park_bytes: int  # the tiled decode's waiting tiles (on the device if they fit, else host RAM)
     tile_size: int
     free_bytes: int | None
 
@@ -201,13 +227,19 @@ class MemoryPlan:
         """Whether the untiled decode fits the free memory; None where the free memory is unknown."""
         return None if self.free_bytes is None else self.decode_untiled_bytes <= self.free_bytes
 
+    @property
+    def decode_park_place(self) -> ParkPlace:
+        """Where a tiled decode with this much free memory would park its tiles (``choose_park_place``;
+        the decode itself decides again, after its head, with the memory free then)."""
+        return choose_park_place(self.free_bytes, self.decode_park_bytes, self.decode_tiled_bytes)
 
-def _gb(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
+
+def format_gib(n: int | None) -> str:
+    """Bytes as "12.3 GiB"; "unknown" for None."""
+    return "unknown" if n is None else f"{n / GIB:.1f} GiB"
 
 
-def log_memory_plan(
-    logger: _Logger | logging.Logger,
+def plan_memory(
     *,
     width: int,
     height: int,
@@ -215,14 +247,13 @@ def log_memory_plan(
     tile_size: int = DEFAULT_TILE_SIZE,
     element_size: int = 2,
 ) -> MemoryPlan:
-    """Log the expected working memory of the denoise and of an untiled decode; warn when the decode
-    will not fit the device's free memory, naming the tiled decode node. Returns the numbers."""
-    denoise = estimate_denoise_memory(width, height, element_size=element_size)
-    plan = MemoryPlan(
+    """The expected working memory of the denoise and of the decodes at width x height, next to the
+    device's free memory now (formulas: module doc)."""
+    return MemoryPlan(
         width=width,
         height=height,
         device=str(device),
-        denoise=denoise,
+        denoise=estimate_denoise_memory(width, height, element_size=element_size),
         decode_untiled_bytes=estimate_decode_memory(width, height, element_size=element_size),
         decode_tiled_bytes=estimate_decode_memory(
             width, height, tiled=True, tile_size=tile_size, element_size=element_size
@@ -231,19 +262,3 @@ def log_memory_plan(
         tile_size=tile_size,
         free_bytes=free_memory(device),
     )
-    free = "unknown" if plan.free_bytes is None else _gb(plan.free_bytes)
-    logger.info(
-        f"DyPE {width}x{height}: {denoise.image_tokens} image + {denoise.text_tokens} text tokens; "
-        f"denoise activations ~{_gb(denoise.activation_bytes)} per step "
-        f"(attention scores {_gb(denoise.attention_scores_bytes)} only without a fused SDPA kernel); "
-        f"untiled VAE decode ~{_gb(plan.decode_untiled_bytes)}; free on {device}: {free}"
-    )
-    if plan.decode_fits is False:
-        logger.warning(
-            f"Decoding {width}x{height} in one piece needs ~{_gb(plan.decode_untiled_bytes)} of working memory, "
-            f'more than the {free} free on {device}: decode with the "{TILED_NODE_TITLE}" node '
-            f"({TILED_NODE_TYPE}, tile_size={tile_size}: ~{_gb(plan.decode_tiled_bytes)} on the device and "
-            f"~{_gb(plan.decode_park_bytes)} of RAM for the waiting tiles) instead of "
-            f'"Latents to Image - FLUX".'
-        )
-    return plan

@@ -14,8 +14,8 @@ This decode splits the decoder in two:
 * **tail** (the up blocks, ``norm_out``, ``conv_out``), where the memory goes, run tile by tile in
   lock-step: every tile runs up to the next GroupNorm, contributes the count, mean and sum of squared
   deviations of its activations over the part of the image it *owns* (the owned parts partition the
-  image, so overlaps are not counted twice), and is parked (moved to ``park_device``: the CPU by
-  default, which on a GPU decode is host RAM). Once all tiles are there, the per-tile numbers are
+  image, so overlaps are not counted twice), and waits (is *parked*: on the device when its free
+  memory allows, else in host RAM; see ``plan_park``). Once all tiles are there, the per-tile numbers are
   merged with Chan's parallel-variance formula into the image-wide mean and variance per (sample,
   group), every tile's overlap cells are refreshed from the tile that owns them (a halo exchange), and
   each tile is brought back, normalised with the image-wide statistics and run to the next GroupNorm.
@@ -29,11 +29,14 @@ latent cells:
 ``overlap >= 32`` pixels. So every GroupNorm sees the untiled statistics and every output pixel equals
 the untiled one up to float rounding (measured: docs/memory.md), with no colour shift and no seam.
 
-Memory: the device holds the head output plus one tile at a time; ``park_device`` holds every tile's
-live activations at one GroupNorm (at most a 256- and a 128-channel full-resolution tensor: ~13 GB in
-bf16 at 4096², see ``dype.memory.estimate_park_memory``). Time: each tile is computed once, but the
-tiles overlap (a few percent at the default overlap) and travel to the park device and back at every
-GroupNorm (25 of them in the FLUX VAE).
+Memory: the device holds the head output plus one tile's working memory; the park place holds every
+tile's live activations at one GroupNorm. A ResnetBlock that changes the channel count applies its
+1x1 shortcut as soon as ``h`` exists, so its wider input is not kept alongside ``h``: at most 256
+full-resolution channels wait (~9 GiB in bf16 at 4096², ``dype.memory.estimate_park_memory``), against
+the 384 (the input and ``h``) of keeping the input. Parked tiles keep the decode's dtype. Time: each
+tile is computed once, but the tiles overlap (a few percent at the default overlap), and tiles parked
+in host RAM travel there and back at every GroupNorm (25 of them in the FLUX VAE); tiles parked on the
+device do not move.
 
 Works on InvokeAI's BFL ``AutoEncoder`` (``invokeai.backend.flux.modules.autoencoder``) and on diffusers'
 ``AutoencoderKL`` (duck-typed on their decoder attributes, so neither package is imported here). For both
@@ -43,9 +46,11 @@ it is a drop-in for the model's own decode: BFL latents are un-scaled inside (``
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +59,16 @@ from torch import Tensor, nn
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)``: called after each lock-step round over all tiles (one per GroupNorm, plus
 the final one); ``total`` is the number of rounds."""
+
+LogCallback = Callable[[str], object]
+"""``log(message)``: receives the one line saying where the waiting tiles are parked, and why."""
+
+ParkChoice = Literal["auto", "device", "host"]
+PARK_CHOICES: tuple[str, ...] = ("auto", "device", "host")
+"""``"auto"``: on the device when the waiting tiles fit in its free memory (``dype.memory.choose_park_place``),
+else in host RAM; ``"device"`` / ``"host"``: always there."""
+
+HOST = torch.device("cpu")
 
 DEFAULT_TILE_SIZE = 1024
 """Pixels. One 1024² tile of the FLUX VAE needs ~4.6 GB in bf16 (InvokeAI's constant), ~5.8 GB with
@@ -64,6 +79,12 @@ DEFAULT_OVERLAP = 64
 
 MIN_TILE_SIZE = 64
 
+TILE_WORKING_MULTIPLE = 3
+"""A tile's step holds its input, the normalised copy and the convolution's output: about three times
+what the tile parks. Used only to judge whether parking on the device leaves room for that step."""
+
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TiledDecodeConfig:
@@ -73,10 +94,13 @@ class TiledDecodeConfig:
         tile_size: side of a square tile in pixels; a multiple of 8 (the FLUX VAE's scale) and >= 64.
         overlap: minimum pixels shared by neighbouring tiles (their halo); a multiple of 8 in
             [0, tile_size / 2]. 32 or more makes the decode equal to the untiled one; 0 leaves seams.
+        park: where tiles wait between GroupNorms: "auto" (the device if they fit in its free memory,
+            else host RAM), "device" or "host". Never changes the image.
     """
 
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
+    park: ParkChoice = "auto"
 
     def __post_init__(self) -> None:
         _check_int("tile_size", self.tile_size)
@@ -90,6 +114,8 @@ class TiledDecodeConfig:
                 f"overlap must be a multiple of 8 in [0, tile_size / 2 = {self.tile_size // 2}] pixels, "
                 f"got {self.overlap}"
             )
+        if self.park not in PARK_CHOICES:
+            raise ValueError(f"park must be one of {', '.join(map(repr, PARK_CHOICES))}, got {self.park!r}")
 
 
 def _check_int(field: str, value: object) -> None:
@@ -152,6 +178,13 @@ def _apply_group_norm(x: Tensor, norm: nn.GroupNorm, mean: Tensor, var: Tensor) 
     return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
 
 
+def _activate_(act: Callable[[Tensor], Tensor] | nn.Module, x: Tensor) -> Tensor:
+    """act(x), in place for SiLU (x is a fresh normalised copy): one tile-sized buffer less per step."""
+    if act is F.silu or isinstance(act, nn.SiLU):
+        return F.silu(x, inplace=True)
+    return act(x)
+
+
 def _resnet(block: nn.Module, slots: _Slots) -> _Tail:
     """BFL ``ResnetBlock`` / diffusers ``ResnetBlock2D`` (no time embedding) on ``slots.x``."""
     act = getattr(block, "nonlinearity", F.silu)
@@ -159,12 +192,30 @@ def _resnet(block: nn.Module, slots: _Slots) -> _Tail:
     if shortcut is None:
         shortcut = getattr(block, "conv_shortcut", None)  # diffusers: None when they do not
     yield _Sync(block.norm1, "x")
-    slots.h = block.conv1(act(_normed(slots, "x", block.norm1)))
+    slots.h = block.conv1(_activate_(act, _normed(slots, "x", block.norm1)))
+    if shortcut is not None:
+        # The shortcut is a 1x1 convolution (pointwise, so the halo stays right): applied now rather than
+        # after conv2, the block's wider input is dropped before all tiles wait for norm2 (256 + 128 ->
+        # 128 + 128 channels in FLUX's first full-resolution block). Same op on the same input.
+        slots.x = shortcut(slots.x)
     yield _Sync(block.norm2, "h")
-    h = block.conv2(act(_normed(slots, "h", block.norm2)))  # diffusers' dropout is the identity in eval
+    h = block.conv2(_activate_(act, _normed(slots, "h", block.norm2)))  # diffusers' dropout: identity in eval
     slots.h = None
-    x = slots.x if shortcut is None else shortcut(slots.x)
-    slots.x = (x + h) / getattr(block, "output_scale_factor", 1.0)
+    h += slots.x  # in place into conv2's fresh output: x + h without a third tile-sized tensor
+    factor = getattr(block, "output_scale_factor", 1.0)
+    slots.x = h if factor == 1.0 else h.div_(factor)
+
+
+def _resnet_park_channels(block: nn.Module) -> int:
+    """Channels a ResnetBlock's tile parks at its worst GroupNorm: its input at norm1, or h and the
+    (shortcut) residual at norm2."""
+    return max(block.conv1.in_channels, 2 * block.conv1.out_channels)
+
+
+def _park_channels(levels: Iterable[tuple[int, Iterable[nn.Module]]]) -> float:
+    """Parked channels per output pixel at the worst GroupNorm, over (level, ResnetBlocks) pairs; level k
+    runs at 1/2^k of the output side, so its channels count 1/4^k per output pixel."""
+    return max(_resnet_park_channels(block) / 4**level for level, blocks in levels for block in blocks)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -177,6 +228,7 @@ class _DecoderStages:
     tail: Callable[[_Slots], _Tail]  # slots.x: features (B, C, h, w) -> image (B, 3, h*f, w*f)
     num_norms: int  # GroupNorms in the tail = lock-step rounds before the last
     scale: int  # f: pixels per latent cell
+    park_channels: float  # parked channels per output pixel at the worst GroupNorm (_park_channels)
 
 
 def _bfl_stages(vae: nn.Module) -> _DecoderStages:
@@ -199,9 +251,15 @@ def _bfl_stages(vae: nn.Module) -> _DecoderStages:
             if i_level != 0:
                 slots.x = dec.up[i_level].upsample(slots.x)
         yield _Sync(dec.norm_out, "x")
-        slots.x = dec.conv_out(F.silu(_normed(slots, "x", dec.norm_out)))
+        slots.x = dec.conv_out(_activate_(F.silu, _normed(slots, "x", dec.norm_out)))
 
-    return _DecoderStages(head, tail, _count_norms(dec.up, dec.norm_out), 2 ** (dec.num_resolutions - 1))
+    return _DecoderStages(
+        head,
+        tail,
+        _count_norms(dec.up, dec.norm_out),
+        2 ** (dec.num_resolutions - 1),
+        _park_channels((level, up.block) for level, up in enumerate(dec.up)),
+    )
 
 
 def _diffusers_stages(vae: nn.Module) -> _DecoderStages:
@@ -223,9 +281,17 @@ def _diffusers_stages(vae: nn.Module) -> _DecoderStages:
             for upsampler in up_block.upsamplers or ():
                 slots.x = upsampler(slots.x)
         yield _Sync(dec.conv_norm_out, "x")
-        slots.x = dec.conv_out(dec.conv_act(_normed(slots, "x", dec.conv_norm_out)))
+        slots.x = dec.conv_out(_activate_(dec.conv_act, _normed(slots, "x", dec.conv_norm_out)))
 
-    return _DecoderStages(head, tail, _count_norms(dec.up_blocks, dec.conv_norm_out), 2 ** (len(dec.up_blocks) - 1))
+    levels = len(dec.up_blocks)
+    return _DecoderStages(
+        head,
+        tail,
+        _count_norms(dec.up_blocks, dec.conv_norm_out),
+        2 ** (levels - 1),
+        # diffusers runs the coarsest level first: up_blocks[j] is at level levels - 1 - j.
+        _park_channels((levels - 1 - j, up.resnets) for j, up in enumerate(dec.up_blocks)),
+    )
 
 
 def _count_norms(*roots: nn.Module) -> int:
@@ -276,16 +342,101 @@ def plan_axis(length: int, tile: int, overlap: int) -> list[AxisTile]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Where the waiting tiles go.
+
+
+@dataclass(frozen=True)
+class ParkPlan:
+    """Where a tiled decode parks its waiting tiles, and the numbers behind the choice.
+
+    ``place`` is "device" (the tiles stay where they are computed; no copies) or "host" (host RAM, copied
+    there and back at every GroupNorm). ``park_bytes``: the waiting tiles at the worst GroupNorm, in the
+    decode's dtype; ``working_bytes``: one tile's step; ``free_bytes``: what the device had free when
+    the plan was made (None: unknown, or not looked up because the choice was forced).
+    """
+
+    place: Literal["device", "host"]
+    choice: ParkChoice
+    device: str
+    tiles: int
+    park_bytes: int
+    working_bytes: int
+    free_bytes: int | None
+
+    def describe(self) -> str:
+        where = f"on {self.device}" if self.place == "device" else "in host RAM"
+        if self.tiles == 1:
+            return "dype tiled decode: 1 tile, nothing waits"
+        why = "forced" if self.choice != "auto" else f"auto: {_gib(self.free_bytes)} free on {self.device}"
+        return (
+            f"dype tiled decode: {self.tiles} tiles park ~{_gib(self.park_bytes)} {where} ({why}; "
+            f"one tile's step ~{_gib(self.working_bytes)})"
+        )
+
+
+def _gib(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def plan_park(
+    vae: nn.Module,
+    latents: Tensor,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    park: ParkChoice = "auto",
+    free_bytes: int | None = None,
+) -> ParkPlan:
+    """Decide where ``tiled_decode(vae, latents, ...)`` parks its waiting tiles.
+
+    Args:
+        vae, latents, tile_size, overlap: as for ``tiled_decode``; latents (B, z, H/f, W/f) give the
+            size, the dtype (the parked tiles keep it) and the device.
+        park: "auto", "device" or "host" (see ``TiledDecodeConfig``).
+        free_bytes: the device's free memory for "auto"; default: looked up now
+            (``dype.memory.free_memory``).
+    """
+    # dype.memory builds its estimates on this module's tile layout, so it is imported here, not at the top.
+    from dype import memory
+
+    config = TiledDecodeConfig(tile_size=tile_size, overlap=overlap, park=park)
+    stages = _stages_for(vae)
+    f = stages.scale
+    rows = plan_axis(latents.shape[-2], config.tile_size // f, config.overlap // f)
+    cols = plan_axis(latents.shape[-1], config.tile_size // f, config.overlap // f)
+    # Bytes per output pixel of one sample at the worst GroupNorm, in the decode's dtype.
+    per_pixel = latents.shape[0] * stages.park_channels * latents.element_size()
+    tiles = len(rows) * len(cols)
+    # Every tile waits, overlaps counted in each (the same sum as dype.memory.estimate_park_memory).
+    decoded_pixels = sum(r.end - r.start for r in rows) * sum(c.end - c.start for c in cols) * f * f
+    park_bytes = 0 if tiles == 1 else int(decoded_pixels * per_pixel)
+    tile_pixels = (rows[0].end - rows[0].start) * (cols[0].end - cols[0].start) * f * f
+    working_bytes = int(tile_pixels * per_pixel * TILE_WORKING_MULTIPLE)
+    if config.park == "auto":
+        free = memory.free_memory(latents.device) if free_bytes is None else free_bytes
+        place = memory.choose_park_place(free, park_bytes, working_bytes)
+    else:
+        free, place = free_bytes, config.park
+    return ParkPlan(place, config.park, str(latents.device), tiles, park_bytes, working_bytes, free)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Image-wide statistics.
 
 
 def _stats(own: Tensor, groups: int) -> tuple[float, Tensor, Tensor]:
-    grouped = own.reshape(own.shape[0], groups, -1)
-    count = float(grouped.shape[-1])
-    # A float32 copy of a whole tile would double its memory; a few groups at a time bound the copy.
+    """count, mean and M2 per (B, G) of a tile's owned window ``own`` (B, C, h, w), a strided view."""
+    batch, channels = own.shape[:2]
+    per_group = channels // groups
+    count = float(per_group * own.shape[-2] * own.shape[-1])
+    # A float32 copy of a whole tile would double its memory; a few groups at a time bound the copy, and
+    # taking channels from the view copies only those (a reshape of the view would copy all of it).
     means, m2s = [], []
-    for chunk in grouped.split(max(1, groups // 8), dim=1):
-        xf = chunk.float()
+    step = max(1, groups // 8) * per_group
+    for start in range(0, channels, step):
+        xf = own[:, start : start + step].float().reshape(batch, -1, per_group * own.shape[-2] * own.shape[-1])
         mean = xf.mean(dim=-1)
         means.append(mean)
         m2s.append((xf - mean[..., None]).square().sum(dim=-1))
@@ -327,8 +478,9 @@ def tiled_decode(
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int = DEFAULT_OVERLAP,
-    park_device: torch.device | str | None = None,
+    park: ParkChoice = "auto",
     progress: ProgressCallback | None = None,
+    log: LogCallback | None = None,
 ) -> Tensor:
     """Decode ``latents`` tile by tile with image-wide GroupNorm statistics.
 
@@ -340,14 +492,17 @@ def tiled_decode(
         latents: (B, z_channels, H/f, W/f), f = 8 for FLUX.
         tile_size: tile side in pixels (see ``TiledDecodeConfig``).
         overlap: minimum pixels shared by neighbouring tiles (>= 32 for an exact decode).
-        park_device: where tiles wait while the others catch up; default: the CPU, which on a CPU
-            decode means they stay where they are.
+        park: where tiles wait while the others catch up: "auto" (the device when they fit in its free
+            memory, measured after the head; else host RAM), "device" or "host". On a CPU both are the
+            same RAM.
         progress: optional ``progress(done, total)`` called after each lock-step round.
+        log: receives the line saying where the tiles are parked and why (``ParkPlan.describe``);
+            default: this module's ``logging`` logger at INFO.
 
     Returns:
         The image (B, out_channels, H, W) in ``latents.dtype``, unclamped (like the models' decode).
     """
-    config = TiledDecodeConfig(tile_size=tile_size, overlap=overlap)
+    config = TiledDecodeConfig(tile_size=tile_size, overlap=overlap, park=park)
     if latents.dim() != 4:
         raise ValueError(f"latents must be (B, C, H, W), got shape {tuple(latents.shape)}")
     stages = _stages_for(vae)
@@ -356,13 +511,16 @@ def tiled_decode(
         raise ValueError(
             f"tile_size and overlap must be multiples of the VAE scale {f}, got {config.tile_size}, {config.overlap}"
         )
-    park = torch.device("cpu") if park_device is None else torch.device(park_device)
     device = latents.device
     rows = plan_axis(latents.shape[-2], config.tile_size // f, config.overlap // f)
     cols = plan_axis(latents.shape[-1], config.tile_size // f, config.overlap // f)
     total = stages.num_norms + 1
 
     features = stages.head(latents)  # (B, C, H/f, W/f); exact: the attention sees the whole image
+    # Planned after the head, so "auto" sees the memory the head's temporaries gave back.
+    plan = plan_park(vae, latents, tile_size=config.tile_size, overlap=config.overlap, park=config.park)
+    (log or logger.info)(plan.describe())
+    park_device = HOST if plan.place == "host" else None  # None: tiles stay where they are computed
     runs = [_TileRun(r, c, _Slots(x=features[:, :, r.start : r.end, c.start : c.end])) for r in rows for c in cols]
     del features  # the tiles' slices keep it alive until each is parked
     size = (latents.shape[-2] * f, latents.shape[-1] * f)
@@ -371,7 +529,8 @@ def tiled_decode(
         merged: tuple[float, Tensor, Tensor] | None = None
         for run in list(runs):
             # One tile on the device at a time: unpark right before it runs, park right after.
-            _move(run.slots, device)
+            if park_device is not None:
+                _move(run.slots, device)
             if run.gen is None:
                 run.gen = stages.tail(run.slots)
             sync = next(run.gen, None)
@@ -382,7 +541,8 @@ def tiled_decode(
             norm_input = getattr(run.slots, sync.slot)
             merged = _merge(merged, _stats(_owned(norm_input, run), sync.norm.num_groups))
             del norm_input
-            _move(run.slots, park)
+            if park_device is not None:
+                _move(run.slots, park_device)
         if merged is not None:
             count, mean, m2 = merged
             for run in runs:

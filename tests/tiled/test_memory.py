@@ -1,7 +1,9 @@
-"""dype.memory: estimates consistent with InvokeAI's, and the pre-run log line."""
+"""dype.memory: estimates consistent with InvokeAI's and the park decision; dype.invokeai.memory_plan: the
+pre-run log line."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
@@ -9,13 +11,15 @@ import torch
 from invokeai.backend.util.vae_working_memory import estimate_vae_working_memory_flux
 
 import dype.memory as memory
+from dype.invokeai.memory_plan import TILED_NODE_TITLE, TILED_NODE_TYPE, log_memory_plan
 from dype.memory import (
-    TILED_NODE_TITLE,
+    GIB,
     available_ram,
+    choose_park_place,
     estimate_decode_memory,
     estimate_denoise_memory,
     estimate_park_memory,
-    log_memory_plan,
+    free_memory,
 )
 
 GB = 10**9
@@ -54,7 +58,46 @@ def test_4k_untiled_is_74_gb_and_tiled_fits_24_gb():
 def test_park_memory_grows_with_area_and_is_zero_for_one_tile():
     assert estimate_park_memory(1024, 1024) == 0
     assert estimate_park_memory(2048, 2048) < estimate_park_memory(4096, 4096)
-    assert estimate_park_memory(4096, 4096) > 4096 * 4096 * 384 * 2  # at least one copy of the worst tensors
+    # 256 full-resolution channels (the shortcut applied before norm2), plus the overlaps' few percent.
+    assert 4096 * 4096 * 256 * 2 < estimate_park_memory(4096, 4096) < 4096 * 4096 * 256 * 2 * 1.15
+    assert 9.0 * GIB < estimate_park_memory(4096, 4096) < 9.2 * GIB
+
+
+@pytest.mark.parametrize(
+    ("free", "park", "working", "place"),
+    [
+        (None, 10 * GIB, 0, "host"),  # free memory unknown: the safe place
+        (24 * GIB, 9 * GIB, GIB, "device"),  # a 24 GB card with the transformer offloaded
+        (12 * GIB, 9 * GIB, GIB, "host"),  # 9.8 GiB usable < 10 GiB
+        (0, 0, GIB, "device"),  # one tile: nothing waits
+        (int((11 * GIB) / 0.9), 10 * GIB - 16, 0, "device"),  # usable 10 GiB: fits, 16 bytes to spare
+        (int((11 * GIB) / 0.9), 10 * GIB + 16, 0, "host"),
+        (140 * GIB, 10 * GIB, 2 * GIB, "device"),  # an H200
+    ],
+)
+def test_choose_park_place_for_an_injected_free_figure(free, park, working, place):
+    assert choose_park_place(free, park, working) == place
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((GIB, -1, 0), "park_bytes"),
+        ((GIB, 1.5, 0), "park_bytes"),
+        ((GIB, 1, None), "working_bytes"),
+        (("1", 1, 0), "free_bytes"),
+    ],
+)
+def test_choose_park_place_rejects_bad_input(args, field):
+    with pytest.raises(ValueError, match=field):
+        choose_park_place(*args)
+
+
+def test_core_memory_names_no_invokeai_node():
+    # InvokeAI's node names and advice live in dype.invokeai.memory_plan (issue #8).
+    source = inspect.getsource(memory)
+    assert "Latents to Image" not in source and TILED_NODE_TYPE not in source
+    assert not hasattr(memory, "log_memory_plan")
 
 
 def test_denoise_tokens_and_pe():
@@ -92,6 +135,8 @@ def test_log_warns_and_names_the_tiled_node_when_the_decode_does_not_fit(monkeyp
     assert plan.decode_fits is False and plan.free_bytes == 16 * GB
     assert "65536 image" in log.infos[0] and "untiled VAE decode" in log.infos[0]
     assert len(log.warnings) == 1 and TILED_NODE_TITLE in log.warnings[0]
+    # 9.1 GiB of waiting tiles do not fit next to the tiled decode in 16 GB: they go to RAM.
+    assert plan.decode_park_place == "host" and "waiting tiles in RAM" in log.warnings[0]
 
 
 def test_log_is_quiet_when_it_fits(monkeypatch):
@@ -106,6 +151,24 @@ def test_cuda_uses_mem_get_info(monkeypatch):
     log = _Log()
     plan = log_memory_plan(log, width=4096, height=4096, device=torch.device("cuda", 0))
     assert plan.free_bytes == 20 * GB and "cuda:0" in log.warnings[0]
+    # 9.1 GiB of waiting tiles + 7.5 GiB for the tiled decode > 20 GB less the margin: RAM.
+    assert plan.decode_park_place == "host" and "waiting tiles in RAM" in log.warnings[0]
+
+
+def test_on_a_big_card_the_waiting_tiles_stay_on_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * GB, 80 * GB))
+    log = _Log()
+    plan = log_memory_plan(log, width=4096, height=4096, device=torch.device("cuda", 0))
+    assert plan.decode_fits is False  # 68.8 GiB untiled
+    assert plan.decode_park_place == "device" and "waiting tiles on the device" in log.warnings[0]
+
+
+def test_cuda_free_memory_counts_what_the_allocator_holds_unused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * GB, 24 * GB))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * GB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * GB)
+    assert free_memory(torch.device("cuda", 0)) == 22 * GB
 
 
 def test_unknown_device_never_warns():

@@ -132,6 +132,9 @@ def test_invoke_decodes_like_the_core_node(layout, bfl_vae, diffusers_vae, laten
 
     percentages = [c.args[1] for c in context.util.signal_progress.call_args_list if len(c.args) > 1]
     assert percentages[-1] == 1.0 and percentages == sorted(percentages)
+    # park="auto" says in InvokeAI's log where the 9 waiting tiles went (this CPU's free RAM: the device).
+    park_lines = [c.args[0] for c in context.logger.info.call_args_list if "dype tiled decode" in str(c.args)]
+    assert len(park_lines) == 1 and "9 tiles" in park_lines[0] and "on cpu (auto" in park_lines[0]
 
 
 def test_invoke_rejects_bad_overlap(bfl_vae, latents):

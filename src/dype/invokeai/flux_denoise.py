@@ -18,7 +18,7 @@ from dype import DyPEConfig
 from dype.config import DyPEMethod
 from dype.families import FLUX1
 from dype.invokeai.dispatch import DenoiseState, DyPEShift, active_state, install
-from dype.memory import log_memory_plan
+from dype.invokeai.memory_plan import log_memory_plan
 from dype.presets import resolve_dype_config
 
 INVOCATION_TYPE = "flux_denoise"

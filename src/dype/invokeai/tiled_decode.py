@@ -4,6 +4,8 @@ InvokeAI's "Latents to Image - FLUX" decodes in one piece: ~74 GB of working mem
 own estimate. This node has the same inputs plus ``tile_size`` and ``overlap`` and decodes with
 ``dype.tiled_vae.tiled_decode`` (image-wide GroupNorm statistics, so no tile-to-tile colour shifts).
 It accepts both VAE kinds InvokeAI loads for FLUX: BFL ``AutoEncoder`` and diffusers ``AutoencoderKL``.
+The waiting tiles stay on the GPU when they fit in its free memory (``park="auto"``), else go to RAM; the
+choice is written to InvokeAI's log.
 Importing this module registers the node type ``flux_vae_decode_tiled``.
 """
 
@@ -21,11 +23,13 @@ from invokeai.backend.model_manager.load.load_base import LoadedModel
 from invokeai.backend.util.devices import TorchDevice
 from PIL import Image
 
-from dype.memory import TILED_NODE_TITLE, TILED_NODE_TYPE, estimate_decode_memory
+from dype.invokeai.memory_plan import TILED_NODE_TITLE, TILED_NODE_TYPE
+from dype.memory import estimate_decode_memory
 from dype.tiled_vae import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE_SIZE,
     MIN_TILE_SIZE,
+    LogCallback,
     ProgressCallback,
     TiledDecodeConfig,
     tiled_decode,
@@ -64,7 +68,11 @@ class FluxVaeDecodeTiledInvocation(FluxVaeDecodeInvocation):
     )
 
     def _vae_decode(  # type: ignore[override]
-        self, vae_info: LoadedModel, latents: torch.Tensor, progress: ProgressCallback | None = None
+        self,
+        vae_info: LoadedModel,
+        latents: torch.Tensor,
+        progress: ProgressCallback | None = None,
+        log: LogCallback | None = None,
     ) -> Image.Image:
         config = TiledDecodeConfig(tile_size=self.tile_size, overlap=self.overlap)
         if not isinstance(vae_info.model, (AutoEncoder, AutoencoderKL)):
@@ -90,7 +98,15 @@ class FluxVaeDecodeTiledInvocation(FluxVaeDecodeInvocation):
                 shift_factor = getattr(vae.config, "shift_factor", None)
                 if shift_factor is not None:
                     latents = latents + shift_factor
-            img = tiled_decode(vae, latents, tile_size=config.tile_size, overlap=config.overlap, progress=progress)
+            img = tiled_decode(
+                vae,
+                latents,
+                tile_size=config.tile_size,
+                overlap=config.overlap,
+                park="auto",  # on the GPU if the waiting tiles fit in what the model cache left free
+                progress=progress,
+                log=log,
+            )
 
         img = img.clamp(-1, 1)
         img = rearrange(img[0], "c h w -> h w c")
@@ -105,7 +121,7 @@ class FluxVaeDecodeTiledInvocation(FluxVaeDecodeInvocation):
         def progress(done: int, total: int) -> None:
             context.util.signal_progress("Running VAE (tiled)", done / total)
 
-        image = self._vae_decode(vae_info=vae_info, latents=latents, progress=progress)
+        image = self._vae_decode(vae_info=vae_info, latents=latents, progress=progress, log=context.logger.info)
         TorchDevice.empty_cache()
         image_dto = context.images.save(image=image)
         return ImageOutput.build(image_dto)
