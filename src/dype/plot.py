@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dype.extras import import_extra
 from dype.plan import Plan
+from dype.validation import check_output_file
 
 
 def plot_plan(plan: Plan, path: Path, title: str = "") -> Path:
-    """Write the plan as a PNG at `path` (matplotlib, headless) and return the path."""
-    import matplotlib
+    """Write the plan as a PNG at `path` (matplotlib, headless) and return the path written.
 
+    `path` must end in .png (nothing is appended to it) and may not be a folder; missing parent folders are
+    created. Raises ValueError for such a path, `dype.extras.MissingExtraError` without matplotlib (the
+    `cli` extra), OSError when the file cannot be written.
+    """
+    path = check_output_file("path", path)
+    matplotlib = import_extra("matplotlib", extra="cli", purpose="plotting a plan")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -55,8 +62,9 @@ def plot_plan(plan: Plan, path: Path, title: str = "") -> Path:
 
     figure.suptitle(f"DyPE plan, {plan.width}×{plan.height} (W×H): {title}")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110, format="png")
+    finally:
+        plt.close(figure)
     return path

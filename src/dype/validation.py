@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def check_number(field: str, value: object) -> float:
@@ -72,3 +74,36 @@ def check_bool(field: str, value: object) -> bool:
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
     raise ValueError(f"{field} must be True or False, got {value!r}")
+
+
+def check_output_file(field: str, value: object, suffixes: Iterable[str] = (".png",)) -> Path:
+    """A file path that can be written, checked without writing anything.
+
+    The name must end in one of `suffixes` (case ignored) and must not be a folder; an existing file must
+    be writable. Missing parent folders are fine (the writers create them) as long as the nearest
+    existing one is a folder this process may create files in.
+    """
+    allowed = " or ".join(suffixes)
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise ValueError(f"{field} must be a file path ending in {allowed}, got {value!r}")
+    path = Path(value).expanduser()
+    try:
+        if path.is_dir():
+            raise ValueError(f"{field} {path} is a folder; give a file name ending in {allowed}")
+        if path.suffix.lower() not in tuple(suffixes):
+            got = repr(path.suffix) if path.suffix else "no suffix"
+            raise ValueError(f"{field} {path} must end in {allowed}, got {got}")
+        if path.exists():
+            if not path.is_file() or not os.access(path, os.W_OK):
+                raise ValueError(f"{field} {path} exists and is not a file this process may overwrite")
+            return path
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ValueError(f"{field} {path}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{field} {path}: cannot write in {folder} (no permission, or read-only)")
+    except OSError as error:  # e.g. a parent that may not even be looked into
+        raise ValueError(f"{field} {path}: cannot check it ({error.strerror or error})") from error
+    return path

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+import dype
 from dype.cli import SUBCOMMAND_MODULES, main
+from tests.cli_helpers import dype_env, unwritable_folder
+
+FAST_PLAN = ["plan", "--size", "2048x2048", "--steps", "2"]
 
 
 def test_plan_prints_one_row_per_step(capsys) -> None:
@@ -77,7 +84,109 @@ def test_every_subcommand_has_help(capsys) -> None:
 
 
 def test_console_script_help_runs() -> None:
-    script = shutil.which("dype") or str(__import__("pathlib").Path(sys.executable).with_name("dype"))
-    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120, check=False)
+    # The installed `dype` script of this environment, running the dype under test (PYTHONPATH first).
+    script = Path(sys.executable).with_name("dype")
+    result = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=120, env=dype_env(), check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "plan" in result.stdout and "generate" in result.stdout and "invokeai" in result.stdout
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    """`dype ARGV` in-process as a shell would see it: (exit code, stdout, stderr).
+
+    A SystemExit carrying a message is what the interpreter turns into that message on stderr and exit 1.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["--size", "1000x1024"], "--size width must be a positive multiple of 16 (pixels), got 1000"),
+        (["--size", "2048x2048", "--scale", "9"], "dype_scale must be in [0, 8], got 9"),
+    ],
+)
+def test_same_bad_input_same_message_and_exit_code_in_plan_and_generate(bad: list[str], message: str) -> None:
+    plan = run_main("plan", *bad)
+    generate = run_main("generate", "--model", "no-such-model", "--prompt", "a cat", *bad)
+    assert plan[0] == generate[0] == 2
+    assert plan[2] == f"dype plan: error: {message}\n"
+    assert generate[2] == f"dype generate: error: {message}\n"
+
+
+def _plot_target(kind: str, tmp_path: Path) -> Path:
+    if kind == "folder":
+        return tmp_path
+    if kind in ("no suffix", "jpg suffix"):
+        return tmp_path / ("plan" if kind == "no suffix" else "plan.jpg")
+    if kind == "parent is a file":
+        (tmp_path / "notes.txt").write_text("a file")
+        return tmp_path / "notes.txt" / "plan.png"
+    folder = unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no folder here that this process cannot write")
+    return folder / "sub" / "plan.png"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("folder", "is a folder"),
+        ("no suffix", "must end in .png"),
+        ("jpg suffix", "must end in .png"),
+        ("parent is a file", "notes.txt is a file, not a folder"),
+        ("unwritable", "cannot write in"),
+    ],
+)
+def test_plan_refuses_a_plot_path_it_cannot_write_before_planning(kind: str, message: str, tmp_path: Path) -> None:
+    target = _plot_target(kind, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = run_main(*FAST_PLAN, "--plot", str(target))
+    assert (code, out) == (2, "")  # the cheap check comes first: no table printed, nothing computed
+    assert err.startswith(f"dype plan: error: plot {target}") and message in err and err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before and not tmp_path.with_suffix(".png").exists()  # nothing written
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is missing
+    code, out, err = run_main(*FAST_PLAN, "--plot", str(tmp_path / "plan.png"))
+    assert (code, out) == (1, "")
+    assert "matplotlib" in err and "pip install 'dype[cli]'" in err and "Traceback" not in err
+    assert not (tmp_path / "plan.png").exists()
+
+
+def test_plot_plan_library_refuses_a_folder(tmp_path: Path) -> None:
+    from dype.plan import make_plan
+    from dype.plot import plot_plan
+
+    plan = make_plan(None, "flux1", width=1024, height=1024, num_steps=2)
+    with pytest.raises(ValueError, match="is a folder"):
+        plot_plan(plan, tmp_path)
+    assert not tmp_path.with_suffix(".png").exists()
+
+
+def test_numpy_scalars_are_accepted_by_the_public_api() -> None:
+    config = dype.resolve_dype_config(
+        "manual",
+        width=np.int64(3840),
+        height=np.int32(2160),
+        dype_scale=np.float32(2.5),
+        dype_exponent=np.float64(2.0),
+        base_resolution=np.int64(1024),
+    )
+    assert config == dype.DyPEConfig(dype_scale=2.5, dype_exponent=2.0, base_resolution=1024)
+    assert type(config.dype_scale) is float and type(config.base_resolution) is int
+    direct = dype.DyPEConfig(dype_scale=np.float32(3.0), dype_start_sigma=np.float16(0.5), enable_dype=np.bool_(True))
+    assert (direct.dype_scale, direct.dype_start_sigma, direct.enable_dype) == (3.0, 0.5, True)
+    with pytest.raises(ValueError, match=r"dype_scale must be in \[0, 8\], got 9"):
+        dype.DyPEConfig(dype_scale=np.float64(9.0))

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ import torch
 from PIL import Image
 
 from dype.cli import main
-from dype.diffusers.generate import decode_packed_latents, vae_decode_mode
+from dype.diffusers.generate import GenerateRequest, decode_packed_latents, vae_decode_mode
 from dype.families import FLUX1
 from dype.schedule import stock_mu
+from tests.cli_helpers import run_python, unwritable_folder
 
 DYPE_MU = FLUX1.dype_mu
 
@@ -29,19 +29,26 @@ FAST = ["--steps", "2", "--max-sequence-length", "16", "--seed", "7", "--prompt"
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
-    """Run `dype generate ARGV` in-process; returns (exit code, stdout, stderr)."""
+    """Run `dype generate ARGV` in-process as a shell would see it: (exit code, stdout, stderr).
+
+    A SystemExit carrying a message is what the interpreter turns into that message on stderr and exit 1.
+    """
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["generate", *argv])
+        try:
+            code = main(["generate", *argv])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
     return code, out.getvalue(), err.getvalue()
 
 
-def fails(*argv: str) -> str:
-    """Run `dype generate ARGV`, expect a non-zero exit, return its message."""
-    with pytest.raises(SystemExit) as info:
-        cli(*argv)
-    assert info.value.code not in (0, None)
-    return str(info.value.code)
+def fails(*argv: str, code: int | None = None) -> str:
+    """Run `dype generate ARGV`, expect a non-zero exit (`code` if given), return the error line."""
+    exit_code, _, stderr = cli(*argv)
+    assert exit_code != 0 and (code is None or exit_code == code), (exit_code, stderr)
+    return stderr.rstrip("\n").splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +219,8 @@ def test_bad_arguments(tiny_flux_dir: Path, tmp_path: Path, argv: list[str], mat
 
 
 def test_unknown_preset_is_an_argparse_error(tiny_flux_dir: Path) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli("--model", str(tiny_flux_dir), "--size", "128x128", *FAST, "--preset", "8k")
-    assert info.value.code == 2
+    code, _, stderr = cli("--model", str(tiny_flux_dir), "--size", "128x128", *FAST, "--preset", "8k")
+    assert code == 2 and "invalid choice: '8k'" in stderr
 
 
 def test_out_of_memory_gives_a_hint(tiny_flux_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,10 +243,11 @@ def test_help_in_a_subprocess() -> None:
         "try:\n    main(['generate', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "assert 'diffusers' not in sys.modules, 'diffusers imported by --help'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     for option in ("--model", "--prompt", "--size", "--preset", "--offload", "--compare", "--out", "--seed"):
         assert option in result.stdout
+    assert "PNG only" in result.stdout  # --out documents that it refuses other suffixes
 
 
 def test_vae_decode_mode() -> None:
@@ -262,3 +269,139 @@ def test_tiled_decode_of_pipeline_latents_matches_the_pipeline_decode(flux_pipe:
     theirs = np.asarray(run("pil")[0], dtype=np.int16)
     assert ours.shape == theirs.shape == (128, 1088, 3)
     assert np.abs(ours - theirs).max() <= 1  # 8-bit rounding of float32 round-off
+
+
+def _out_target(kind: str, tmp_path: Path) -> Path:
+    if kind == "folder":
+        return tmp_path
+    if kind == "under a file":
+        (tmp_path / "notes.txt").write_text("a file")
+        return tmp_path / "notes.txt" / "x.png"
+    if kind in ("jpg", "no suffix"):
+        return tmp_path / ("x.jpg" if kind == "jpg" else "x")
+    folder = unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no folder here that this process cannot write")
+    return folder / "x.png"
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [
+        ("folder", "is a folder"),
+        ("under a file", "notes.txt is a file, not a folder"),
+        ("jpg", "must end in .png"),
+        ("no suffix", "must end in .png"),
+        ("unwritable", "cannot write in"),
+    ],
+)
+def test_out_is_checked_before_the_model_loads(tiny_flux_dir: Path, tmp_path: Path, kind: str, match: str) -> None:
+    target = _out_target(kind, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    code, stdout, stderr = cli("--model", str(tiny_flux_dir), "--size", "128x128", *FAST, "--out", str(target))
+    assert code == 2 and stderr.startswith(f"dype generate: error: out {target}")
+    assert match in stderr and stderr.count("\n") == 1
+    assert "loaded FLUX" not in stdout  # no render thrown away
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_out_error_comes_before_the_model_error(tmp_path: Path) -> None:
+    message = fails("--model", str(tmp_path / "nowhere"), "--size", "128x128", *FAST, "--out", str(tmp_path), code=2)
+    assert message.startswith(f"dype generate: error: out {tmp_path} is a folder")
+
+
+@pytest.mark.parametrize(
+    ("guidance", "match"),
+    [("nan", "guidance must be a finite number"), ("inf", "guidance must be a finite number"),
+     ("-1", "guidance must be in [0, 100], got -1")],
+)  # fmt: skip
+def test_guidance_must_be_finite_and_in_range(tiny_flux_dir: Path, tmp_path: Path, guidance: str, match: str) -> None:
+    out = tmp_path / "x.png"
+    model = ["--model", str(tiny_flux_dir), "--size", "128x128"]
+    message = fails(*model, *FAST, "--guidance", guidance, "--out", str(out), code=2)
+    assert match in message and not out.exists()  # nan used to write a black image and exit 0
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_unavailable_device_is_a_clear_error(tiny_flux_dir: Path, tmp_path: Path, device: str) -> None:
+    backend = torch.cuda if device == "cuda" else torch.backends.mps
+    if backend.is_available():
+        pytest.skip(f"{device} is available here")
+    code, stdout, stderr = cli(
+        "--model", str(tiny_flux_dir), "--size", "128x128", *FAST, "--device", device, "--out", str(tmp_path / "x.png")
+    )
+    assert code == 2 and stderr.count("\n") == 1, stderr  # cuda: an AssertionError from deep in torch before
+    assert f"device {device} is not available" in stderr and "available here: cpu" in stderr
+    assert "loaded FLUX" not in stdout
+
+
+def test_generate_without_diffusers_names_the_extra(
+    tiny_flux_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # what `import diffusers` meets when it is missing
+    out = tmp_path / "x.png"
+    code, _, stderr = cli("--model", str(tiny_flux_dir), "--size", "128x128", *FAST, "--out", str(out))
+    assert code == 1 and "diffusers" in stderr and "pip install 'dype[diffusers]'" in stderr
+    assert stderr.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "config", ["model_index.json", "tokenizer/tokenizer_config.json", "tokenizer_2/tokenizer.json"]
+)
+def test_a_non_utf8_config_is_named(tiny_flux_dir: Path, tmp_path: Path, config: str) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_flux_dir, model)
+    data = (model / config).read_bytes()
+    quote = data.index(b'"') + 1
+    (model / config).write_bytes(data[:quote] + "café ".encode("latin-1") + data[quote:])  # é in Latin-1
+    code, stdout, stderr = cli("--model", str(model), "--size", "128x128", *FAST, "--out", str(tmp_path / "x.png"))
+    assert code == 1 and f"{model / config}: not UTF-8" in stderr, stderr
+    assert "loaded FLUX" not in stdout
+
+
+def test_numpy_scalars_in_a_generate_request(tmp_path: Path) -> None:
+    request = GenerateRequest(
+        model="some/model",
+        prompt="a red cat",
+        width=np.int64(1088),
+        height=np.int16(128),
+        preset="manual",
+        dype_scale=np.float32(2.5),
+        dype_exponent=np.float64(2.0),
+        steps=np.int64(2),
+        guidance=np.float32(3.5),
+        seed=np.uint64(7),
+        max_sequence_length=np.int32(16),
+        out=tmp_path / "x.png",
+    )
+    values = (request.width, request.height, request.dype_scale, request.steps, request.guidance, request.seed)
+    assert values == (1088, 128, 2.5, 2, 3.5, 7) and request.max_sequence_length == 16
+    assert [type(value) for value in values] == [int, int, float, int, float, int]  # JSON-ready for the PNG
+    with pytest.raises(ValueError, match=r"steps must be a positive integer, got 0"):
+        GenerateRequest(model="m", prompt="p", width=128, height=128, steps=np.int64(0), out=tmp_path / "x.png")
+
+
+def test_decode_of_an_empty_latent_is_a_clear_error(flux_pipe: Any) -> None:
+    with pytest.raises(ValueError, match="width must be a positive multiple of 16"):
+        decode_packed_latents(flux_pipe, torch.zeros(1, 0, 16), 0, 128)
+    with pytest.raises(ValueError, match=r"latents hold 0 tokens; a 128x128 image has 64"):
+        decode_packed_latents(flux_pipe, torch.zeros(1, 0, 16), 128, 128)
+
+
+def test_python_dash_m_dype_generate_runs_without_the_test_workaround(tiny_flux_dir: Path, tmp_path: Path) -> None:
+    # A fresh process loads no conftest: the CLI itself must cope with this environment's torchvision.
+    out = tmp_path / "sub" / "x.png"
+    argv = ["--model", str(tiny_flux_dir), "--size", "128x128", "--steps", "1", "--max-sequence-length", "16"]
+    result = run_python("-m", "dype", "generate", *argv, "--prompt", "a cat", "--out", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"wrote {out}" in result.stdout and Image.open(out).text["prompt"] == "a cat"
+
+
+def test_a_failed_png_write_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    from dype.cli._render_output import write_png
+
+    path = write_png(Image.new("RGB", (4, 4), "blue"), tmp_path / "x.png", {"seed": 1})
+    before = path.read_bytes()
+    with pytest.raises(OSError, match="cannot write mode CMYK as PNG"):  # fails inside the encoder
+        write_png(Image.new("CMYK", (4, 4)), path, {"seed": 2})
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]

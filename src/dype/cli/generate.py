@@ -1,21 +1,25 @@
 """`dype generate`: render an image from a local diffusers-format FLUX checkpoint with DyPE.
 
-The heavy work lives in `dype.diffusers.generate`; this module only parses arguments and imports
-torch/diffusers inside `run`, so `dype --help` stays fast.
+The application part: arguments, the checks that come before any model is touched, progress bars,
+compositing, the PNG and the timings. The rendering itself is the library's (`dype.diffusers.generate`),
+imported inside `run` with torch and diffusers, so `dype --help` stays instant.
+
+Order of checks, cheapest first, all before the model loads: every argument (`GenerateRequest`: values,
+ranges, the --out path), the optional dependencies (diffusers extra, a torchvision that imports next to
+this torch), the device, then the model folder and its configs.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
+from dype.cli import CommandError
 from dype.cli.plan import add_dype_arguments, parse_size
-from dype.presets import resolve_dype_config
+from dype.extras import require_modules
+from dype.generate_request import DEVICES, DTYPE_NAMES, OFFLOAD_MODES, GenerateError, GenerateRequest
 from dype.schedule import SHIFT_MODES
-
-OFFLOAD_MODES = ("none", "model", "sequential")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 EPILOG = """examples:
   dype generate --model ./FLUX.1-dev --prompt "a lighthouse at dusk" --size 3840x2160
@@ -23,7 +27,11 @@ EPILOG = """examples:
   dype generate --model ./FLUX.1-dev --prompt "..." --size 2048x2048 --preset 4k --compare --out cmp.png
 
 --model is a diffusers-format folder (model_index.json, transformer/, vae/, ...) or a repo id already in
-the local Hugging Face cache (nothing is downloaded). FLUX dev vs schnell is read from the checkpoint."""
+the local Hugging Face cache (nothing is downloaded). FLUX dev vs schnell is read from the checkpoint.
+--out is PNG only (the parameters live in its text chunks): the name must end in .png; missing folders
+are created. Every argument, --out included, is checked before the model is loaded."""
+
+GENERATE_MODULES = ("diffusers", "transformers", "PIL", "tqdm")  # what the `diffusers` extra installs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,10 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dype_arguments(parser)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: dev 28, schnell 4)")
     parser.add_argument(
-        "--guidance", type=float, default=None, help="distilled guidance (default: dev 3.5; schnell ignores it)"
+        "--guidance",
+        type=float,
+        default=None,
+        help="distilled guidance in [0, 100] (default: dev 3.5; schnell ignores it)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("out.png"), help="output PNG (default out.png)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**64) (default 0)")
+    parser.add_argument("--out", type=Path, default=Path("out.png"), help="output file, a .png name (default out.png)")
     parser.add_argument(
         "--offload",
         choices=OFFLOAD_MODES,
@@ -64,66 +75,79 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="official: μ = 1.15 while DyPE is on (DyPE's recipe); stock: diffusers' resolution-dependent μ",
     )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="default: bfloat16 on cuda, else float32")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="auto", help="default: bfloat16 on cuda, else float32")
     parser.add_argument(
         "--max-sequence-length", type=int, default=None, help="T5 prompt tokens (default: dev 512, schnell 256)"
     )
     parser.set_defaults(func=run)
 
 
-def _fail(message: str) -> SystemExit:
-    return SystemExit(f"dype generate: error: {message}")
+def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+    """The validated request; ValueError (exit 2) for any bad argument, --out included."""
+    width, height = parse_size(args.size)
+    return GenerateRequest(
+        model=args.model,
+        prompt=args.prompt,
+        width=width,
+        height=height,
+        preset=args.preset,
+        method=args.method,
+        dype_scale=args.scale,
+        dype_exponent=args.exponent,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        shift=args.shift,
+        offload=args.offload,
+        device=args.device,
+        dtype=args.dtype,
+        max_sequence_length=args.max_sequence_length,
+        compare=args.compare,
+        out=args.out,
+    )
 
 
-def format_timings(timings: dict[str, float]) -> str:
-    phases = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items())
-    return f"timings: {phases} (total {sum(timings.values()):.2f} s)"
+def prepare_diffusers() -> None:
+    """Make `import diffusers` work in this environment, or raise one line that names the cause and the fix.
+
+    The diffusers extra must be installed (MissingExtraError). A torchvision built for another torch (as
+    InvokeAI's pins pull in next to a CPU torch) stops every diffusers/transformers import with "operator
+    torchvision::nms does not exist"; FLUX never uses those detection ops, so `dype._torchvision_compat`
+    registers their schemas and the import goes through. Any other torchvision failure is a CommandError.
+    """
+    require_modules(GENERATE_MODULES, extra="diffusers", purpose="dype generate")
+    import torch
+
+    from dype._torchvision_compat import import_torchvision
+
+    try:
+        import_torchvision()
+    except (RuntimeError, ImportError, OSError) as error:
+        raise CommandError(
+            f"torchvision cannot be imported next to torch {torch.__version__} ({error}); install the "
+            "torchvision build made for this torch, or uninstall torchvision (dype generate does not need it)"
+        ) from error
 
 
 def run(args: argparse.Namespace) -> int:
-    # Cheap checks first: a typo in --size should not cost a torch/diffusers import.
-    try:
-        width, height = parse_size(args.size)
-        resolve_dype_config(
-            args.preset,
-            width=width,
-            height=height,
-            dype_scale=args.scale,
-            dype_exponent=args.exponent,
-            method=args.method,
-        )
-    except ValueError as error:
-        raise _fail(str(error)) from error
+    """Check, render, compose, write; print the path and the seconds per phase."""
+    request = request_from_args(args)
+    prepare_diffusers()
 
-    from dype.diffusers.generate import GenerateError, GenerateRequest, generate
+    from dype.cli._render_output import format_timings, side_by_side, tqdm_progress, write_png
+    from dype.diffusers.generate import generate
 
     try:
-        request = GenerateRequest(
-            model=args.model,
-            prompt=args.prompt,
-            width=width,
-            height=height,
-            preset=args.preset,
-            method=args.method,
-            dype_scale=args.scale,
-            dype_exponent=args.exponent,
-            steps=args.steps,
-            guidance=args.guidance,
-            seed=args.seed,
-            shift=args.shift,
-            offload=args.offload,
-            device=args.device,
-            dtype=args.dtype,
-            max_sequence_length=args.max_sequence_length,
-            compare=args.compare,
-            out=args.out,
-        )
-    except ValueError as error:
-        raise _fail(str(error)) from error
-    try:
-        result = generate(request)
+        result = generate(request, log=print, progress=tqdm_progress)
     except GenerateError as error:
-        raise _fail(str(error)) from error
-    print(f"wrote {result.path}")
-    print(format_timings(result.timings))
+        raise CommandError(str(error)) from error
+    start = time.perf_counter()
+    image = side_by_side(result.images, result.labels) if request.compare else result.images[0]
+    try:
+        written = write_png(image, request.out, result.parameters)
+    except OSError as error:
+        raise CommandError(f"could not write {request.out}: {error.strerror or error}") from error
+    timings = {**result.timings, "save": time.perf_counter() - start}
+    print(f"wrote {written}")
+    print(format_timings(timings))
     return 0

@@ -6,10 +6,13 @@ import argparse
 import re
 from pathlib import Path
 
+from dype.cli import CommandError
 from dype.config import DYPE_METHODS
+from dype.extras import require_modules
 from dype.families import FAMILIES, FAMILY_NAMES, check_image_side
 from dype.presets import DYPE_PRESET_DESCRIPTIONS, DYPE_PRESETS, resolve_dype_config
 from dype.schedule import SHIFT_MODES
+from dype.validation import check_output_file
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
@@ -78,7 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--variant", choices=("dev", "schnell"), default="dev", help="FLUX variant (schnell: no shift)"
     )
-    parser.add_argument("--plot", type=Path, default=None, help="also write a PNG of the plan here")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="also write a PNG of the plan to this file; the name must end in .png, missing folders are created",
+    )
     parser.set_defaults(func=run)
 
 
@@ -113,8 +121,7 @@ def format_plan(plan, preset: str, shift: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dype.plan import make_plan
-
+    """Print the plan; with --plot also draw it. Every argument is checked before anything is computed."""
     width, height = parse_size(args.size, args.family)
     if args.variant == "schnell" and args.family != "flux1":
         raise ValueError(f"--variant schnell is a FLUX.1 variant; --family {args.family} has no schnell")
@@ -129,6 +136,13 @@ def run(args: argparse.Namespace) -> int:
         isotropic=args.isotropic,
         family=args.family,
     )
+    plot = None
+    if args.plot is not None:
+        plot = check_output_file("plot", args.plot)
+        require_modules(["matplotlib"], extra="cli", purpose="dype plan --plot")
+
+    from dype.plan import make_plan
+
     plan = make_plan(
         config,
         args.family,
@@ -139,9 +153,12 @@ def run(args: argparse.Namespace) -> int:
         shifted=args.variant == "dev",
     )
     print(format_plan(plan, args.preset, args.shift))
-    if args.plot is not None:
+    if plot is not None:
         from dype.plot import plot_plan
 
-        plot_plan(plan, args.plot, title=f"preset {args.preset} → {_format_config(config)}")
-        print(f"wrote {args.plot}")
+        try:
+            written = plot_plan(plan, plot, title=f"preset {args.preset} → {_format_config(config)}")
+        except OSError as error:
+            raise CommandError(f"could not write {plot}: {error.strerror or error}") from error
+        print(f"wrote {written}")
     return 0
