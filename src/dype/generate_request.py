@@ -38,10 +38,11 @@ class GenerateError(Exception):
 class GenerateRequest:
     """Everything one `dype generate` run needs; validated on construction (ValueError naming the field).
 
-    `steps`, `guidance` and `max_sequence_length` left at None take the variant's defaults (dev: 28,
-    3.5, 512; schnell: 4, 0, 256). `out` must end in .png and be writable (checked now, nothing is
-    written); its missing parent folders are created when the image is saved. `compare` needs a preset
-    that turns DyPE on at this size.
+    `steps`, `guidance` and `max_sequence_length` left at None take the checkpoint kind's defaults
+    (`dype.diffusers.model_folder.read_model_kind`: FLUX.1 dev 28, 3.5, 512; schnell 4, 0, 256; Klein 4,
+    1; FLUX.2 dev 50, 4; Chroma 35, 5; Z-Image Turbo 8, 0). `base_resolution` / `isotropic` None take the
+    family's. `out` must end in .png and be writable (checked now, nothing is written); its missing parent
+    folders are created when the image is saved. `compare` needs a preset that turns DyPE on at this size.
     """
 
     model: str
@@ -52,6 +53,8 @@ class GenerateRequest:
     method: str = "vision_yarn"
     dype_scale: float | None = None
     dype_exponent: float | None = None
+    base_resolution: int | None = None
+    isotropic: bool | None = None
     steps: int | None = None
     guidance: float | None = None
     seed: int = 0
@@ -83,6 +86,7 @@ class GenerateRequest:
             "seed": _check_seed(self.seed),
             "max_sequence_length": _check_max_sequence_length(self.max_sequence_length),
             "compare": check_bool("compare", self.compare),
+            "isotropic": None if self.isotropic is None else check_bool("isotropic", self.isotropic),
         }
         for name, value in clean.items():
             object.__setattr__(self, name, value)
@@ -96,8 +100,12 @@ class GenerateRequest:
             )
         object.__setattr__(self, "out", check_output_file("out", self.out, OUTPUT_SUFFIXES))
 
-    def dype_config(self) -> DyPEConfig | None:
-        """The DyPE configuration the preset and overrides resolve to (None = DyPE off)."""
+    def dype_config(self, family: str = "flux1") -> DyPEConfig | None:
+        """The DyPE configuration the preset and overrides resolve to for `family` (None = DyPE off).
+
+        Checked for FLUX.1 on construction (the model's family is known once its folder is read; every
+        family's base resolution is 1024 or more, so what is off for FLUX.1 here is off for all of them).
+        """
         return resolve_dype_config(
             self.preset,
             width=self.width,
@@ -105,6 +113,9 @@ class GenerateRequest:
             dype_scale=self.dype_scale,
             dype_exponent=self.dype_exponent,
             method=self.method,
+            base_resolution=self.base_resolution,
+            isotropic=self.isotropic,
+            family=family,
         )
 
 

@@ -177,6 +177,11 @@ def _folder(tmp_path: Path, kind: str, tiny_flux_dir: Path) -> str:
         index = json.loads((folder / "model_index.json").read_text())
         index["transformer"] = ["diffusers", "SD3Transformer2DModel"]
         (folder / "model_index.json").write_text(json.dumps(index))
+    elif kind == "unknown-pipeline":
+        shutil.copytree(tiny_flux_dir, folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        index["_class_name"] = "StableDiffusion3Pipeline"
+        (folder / "model_index.json").write_text(json.dumps(index))
     elif kind == "no-transformer-config":
         shutil.copytree(tiny_flux_dir, folder)
         (folder / "transformer" / "config.json").unlink()
@@ -188,8 +193,9 @@ def _folder(tmp_path: Path, kind: str, tiny_flux_dir: Path) -> str:
     [
         ("missing", "no such folder"),
         ("file", "not a folder"),
-        ("empty", "not a diffusers-format FLUX folder (no model_index.json)"),
-        ("not-flux", "not a FLUX pipeline"),
+        ("empty", "not a diffusers-format model folder (no model_index.json)"),
+        ("not-flux", "not a FluxPipeline checkpoint (model_index.json names transformer"),
+        ("unknown-pipeline", "names the pipeline 'StableDiffusion3Pipeline'; dype generate runs FluxPipeline"),
         ("no-transformer-config", "no transformer/config.json"),
     ],
 )

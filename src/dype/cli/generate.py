@@ -25,9 +25,13 @@ EPILOG = """examples:
   dype generate --model ./FLUX.1-dev --prompt "a lighthouse at dusk" --size 3840x2160
   dype generate --model black-forest-labs/FLUX.1-dev --prompt "..." --size 4096x4096 --offload model
   dype generate --model ./FLUX.1-dev --prompt "..." --size 2048x2048 --preset 4k --compare --out cmp.png
+  dype generate --model ./FLUX.2-klein-4B --prompt "..." --size 4096x4096
+  dype generate --model ./Z-Image-Turbo --prompt "..." --size 3840x2160
 
 --model is a diffusers-format folder (model_index.json, transformer/, vae/, ...) or a repo id already in
-the local Hugging Face cache (nothing is downloaded). FLUX dev vs schnell is read from the checkpoint.
+the local Hugging Face cache (nothing is downloaded). What it is (FluxPipeline dev or schnell,
+Flux2KleinPipeline distilled or base, Flux2Pipeline, ChromaPipeline, ZImagePipeline) is read from the
+checkpoint and sets the family's base resolution and the defaults of --steps and --guidance.
 --out is PNG only (the parameters live in its text chunks): the name must end in .png; missing folders
 are created. Every argument, --out included, is checked before the model is loaded."""
 
@@ -37,22 +41,29 @@ GENERATE_MODULES = ("diffusers", "transformers", "PIL", "tqdm")  # what the `dif
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="render an image from a local FLUX checkpoint (diffusers) with DyPE",
-        description="Text-to-image with FLUX dev or schnell through diffusers, with DyPE for sizes beyond "
-        "1024². Writes a PNG whose text chunks hold every generation parameter and prints the time per phase.",
+        help="render an image from a local FLUX.1 / FLUX.2 / Chroma / Z-Image checkpoint (diffusers) with DyPE",
+        description="Text-to-image through diffusers with DyPE for sizes beyond the model's base resolution. "
+        "Writes a PNG whose text chunks hold every generation parameter and prints the time per phase.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="diffusers-format FLUX folder, or a cached repo id")
+    parser.add_argument("--model", required=True, help="diffusers-format model folder, or a cached repo id")
     parser.add_argument("--prompt", required=True, help="the text prompt")
     parser.add_argument("--size", required=True, help="image WIDTHxHEIGHT in pixels, multiples of 16 (3840x2160)")
     add_dype_arguments(parser)
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: dev 28, schnell 4)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps (default per checkpoint: FLUX.1 dev 28, schnell 4; Klein 4, Klein base 50; FLUX.2 dev "
+        "50; Chroma 35; Z-Image Turbo 8)",
+    )
     parser.add_argument(
         "--guidance",
         type=float,
         default=None,
-        help="distilled guidance in [0, 100] (default: dev 3.5; schnell ignores it)",
+        help="guidance in [0, 100]: FLUX.1 / FLUX.2 dev distilled guidance, CFG scale for the others (default "
+        "per checkpoint: FLUX.1 dev 3.5; Klein 1 (no CFG); FLUX.2 dev 4; Chroma 5; Z-Image Turbo 0)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**64) (default 0)")
     parser.add_argument("--out", type=Path, default=Path("out.png"), help="output file, a .png name (default out.png)")
@@ -72,12 +83,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shift",
         choices=SHIFT_MODES,
         default="official",
-        help="official: μ = 1.15 while DyPE is on (DyPE's recipe); stock: diffusers' resolution-dependent μ",
+        help="official: the family's DyPE μ while DyPE is on (1.15; FLUX.2 2.02); stock: the pipeline's own μ",
     )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="auto", help="default: bfloat16 on cuda, else float32")
     parser.add_argument(
-        "--max-sequence-length", type=int, default=None, help="T5 prompt tokens (default: dev 512, schnell 256)"
+        "--max-sequence-length",
+        type=int,
+        default=None,
+        help="prompt tokens (default: FLUX.1 dev 512, schnell 256; the others 512)",
     )
     parser.set_defaults(func=run)
 
@@ -94,6 +108,8 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
         method=args.method,
         dype_scale=args.scale,
         dype_exponent=args.exponent,
+        base_resolution=args.base_resolution,
+        isotropic=args.isotropic,
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,

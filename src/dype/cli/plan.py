@@ -40,6 +40,18 @@ def add_dype_arguments(parser: argparse.ArgumentParser, default_preset: str = "a
     )
     parser.add_argument("--scale", type=float, default=None, help="λs in [0, 8], read by --preset manual only")
     parser.add_argument("--exponent", type=float, default=None, help="λt in [0, 1000], read by --preset manual only")
+    parser.add_argument(
+        "--base-resolution",
+        type=int,
+        default=None,
+        help="the model's training size B in pixels (default: the family's, e.g. 1024 for FLUX.1, 2048 for FLUX.2)",
+    )
+    parser.add_argument(
+        "--isotropic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scale both axes by the larger scale (default: the family's; on for Z-Image)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,18 +71,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + "; ".join(f"{name}: {family.title} ({family.variants})" for name, family in FAMILIES.items()),
     )
     add_dype_arguments(parser)
-    parser.add_argument(
-        "--base-resolution",
-        type=int,
-        default=None,
-        help="the model's training size B in pixels (default: the family's, e.g. 1024 for FLUX.1, 2048 for FLUX.2)",
-    )
-    parser.add_argument(
-        "--isotropic",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="scale both axes by the larger scale (default: the family's; on for Z-Image)",
-    )
     parser.add_argument("--steps", type=int, default=28, help="number of sampling steps")
     parser.add_argument(
         "--shift",

@@ -1,9 +1,10 @@
-"""Render images from a local diffusers-format FLUX checkpoint with DyPE: the library part of `dype generate`.
+"""Render images from a local diffusers checkpoint with DyPE: the library part of `dype generate`.
 
 `generate(request)` checks the device, finds and checks the model folder (every JSON config must be
-UTF-8 JSON), loads the pipeline, encodes the prompt once and renders one panel (two with `compare`:
-DyPE off, then on, same seed), each phase timed. It returns the images and the generation parameters
-(the PNG metadata) and writes nothing: composing and saving are the application's
+UTF-8 JSON; FLUX.1 dev / schnell, FLUX.2 Klein / dev, Chroma and Z-Image are recognised), loads the
+pipeline, encodes the prompt (once for FLUX.1; the other pipelines encode inside their call) and renders
+one panel (two with `compare`: DyPE off, then on, same seed), each phase timed. It returns the images and
+the generation parameters (the PNG metadata) and writes nothing: composing and saving are the application's
 (`dype.cli.generate`). Progress goes to an optional `progress(desc)` factory of `(done, total)`
 callbacks, messages to an optional `log`.
 
@@ -23,9 +24,9 @@ import torch
 from PIL import Image
 
 from dype.config import DyPEConfig
-from dype.diffusers.model_folder import FluxVariant, check_config_files, read_variant, resolve_model_path
+from dype.diffusers.model_folder import ModelKind, check_config_files, read_model_kind, resolve_model_path
 from dype.diffusers.patch import apply_dype
-from dype.families import check_image_side
+from dype.families import FLUX1, check_image_side
 from dype.generate_request import DEVICES, DTYPE_NAMES, OFFLOAD_MODES, GenerateError, GenerateRequest
 from dype.tiled_vae import tiled_decode
 from dype.validation import check_choice
@@ -34,14 +35,14 @@ __all__ = [
     "DEVICES",
     "DTYPES",
     "OFFLOAD_MODES",
-    "FluxVariant",
     "GenerateError",
     "GenerateRequest",
     "GenerateResult",
+    "ModelKind",
     "decode_packed_latents",
     "generate",
     "pick_device",
-    "read_variant",
+    "read_model_kind",
     "resolve_model_path",
     "vae_decode_mode",
 ]
@@ -52,7 +53,7 @@ DTYPES: dict[str, torch.dtype | None] = {
 }
 # Above this longer side the VAE decodes in tiles (FLUX's training size; an untiled 4K decode needs tens of GB).
 VAE_TILING_ABOVE = 1024
-PIXELS_PER_TOKEN = 16  # FLUX.1: VAE factor 8 × 2×2 patches
+PIXELS_PER_TOKEN = FLUX1.pixels_per_token  # FLUX.1: VAE factor 8 × 2×2 patches
 
 ProgressCallback = Callable[[int, int], None]
 """`progress(done, total)`, called as work advances."""
@@ -79,12 +80,13 @@ class GenerateResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def vae_decode_mode(width: int, height: int, offload: str) -> str:
-    """How the image is decoded: "untiled"; "dype tiled" (image-wide GroupNorm statistics, the untiled image up
-    to rounding); or "diffusers tiled" with --offload, whose accelerate hooks wrap `vae.decode` as a whole."""
+def vae_decode_mode(width: int, height: int, offload: str, family: str = "flux1") -> str:
+    """How the image is decoded: "untiled"; "dype tiled" (FLUX.1: image-wide GroupNorm statistics, the untiled
+    image up to rounding); or "diffusers tiled" — with --offload (accelerate's hooks wrap `vae.decode` as a
+    whole) and for the other families, whose pipelines decode with their own latent layouts."""
     if max(width, height) <= VAE_TILING_ABOVE:
         return "untiled"
-    return "dype tiled" if offload == "none" else "diffusers tiled"
+    return "dype tiled" if offload == "none" and family == "flux1" else "diffusers tiled"
 
 
 def decode_packed_latents(
@@ -154,14 +156,14 @@ def torch_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name] or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
-def load_pipeline(path: Path, device: torch.device, dtype: torch.dtype, offload: str) -> Any:
-    """FluxPipeline from a local folder (never the network), placed or offloaded."""
-    from diffusers import FluxPipeline
+def load_pipeline(path: Path, kind: ModelKind, device: torch.device, dtype: torch.dtype, offload: str) -> Any:
+    """The kind's pipeline from a local folder (never the network), placed or offloaded."""
+    import diffusers
 
     try:
-        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+        pipe = getattr(diffusers, kind.pipeline).from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise GenerateError(f"{path}: could not load a FLUX pipeline: {error}") from error
+        raise GenerateError(f"{path}: could not load a {kind.pipeline}: {error}") from error
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
@@ -172,14 +174,14 @@ def load_pipeline(path: Path, device: torch.device, dtype: torch.dtype, offload:
 
 
 def pipeline_mu(pipe: Any, width: int, height: int) -> float | None:
-    """The μ the FLUX pipelines compute from their scheduler config now (None: no dynamic shift)."""
+    """The μ the FLUX.1 pipelines compute from their scheduler config now (None: no dynamic shift)."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     config = pipe.scheduler.config
     if not config.get("use_dynamic_shifting", False):
         return None
     return calculate_shift(
-        (height // 16) * (width // 16),
+        (height // PIXELS_PER_TOKEN) * (width // PIXELS_PER_TOKEN),
         config.get("base_image_seq_len", 256),
         config.get("max_image_seq_len", 4096),
         config.get("base_shift", 0.5),
@@ -240,18 +242,21 @@ def _no_bars(_desc: str) -> AbstractContextManager[ProgressCallback]:
 def _render(
     pipe: Any,
     request: GenerateRequest,
-    variant: FluxVariant,
+    kind: ModelKind,
     config: DyPEConfig | None,
-    embeds: tuple[torch.Tensor, torch.Tensor],
+    embeds: dict[str, Any],
     clock: _Clock,
     tag: str,
     bars: ProgressBars,
 ) -> tuple[Image.Image, float | None]:
-    """One panel: denoise with DyPE `config` (None = off), then decode. Returns the image and the μ used."""
-    steps = request.steps or variant.steps
+    """One panel: denoise with DyPE `config` (None = off), then decode. Returns the image and the μ used.
+
+    FLUX.1 gets the prompt embeddings encoded once (`embeds`); the other pipelines get the prompt and
+    encode it in their call. FLUX.1 above 1024 px decodes with dype's tiled decode.
+    """
+    steps = request.steps or kind.steps
     last_step_end: list[float] = []
-    prompt_embeds, pooled_prompt_embeds = embeds
-    dype_tiles = vae_decode_mode(request.width, request.height, request.offload) == "dype tiled"
+    dype_tiles = vae_decode_mode(request.width, request.height, request.offload, kind.family) == "dype tiled"
     pipe.set_progress_bar_config(disable=True)  # progress goes through `bars`
     start = time.perf_counter()
     with bars(f"denoise, {describe_dype(config)}") as progress:
@@ -262,15 +267,21 @@ def _render(
             progress(step + 1, steps)
             return tensors
 
-        with apply_dype(pipe, config, width=request.width, height=request.height, shift=request.shift):
-            mu = pipeline_mu(pipe, request.width, request.height)
+        patch = apply_dype(
+            pipe,
+            config,
+            width=request.width,
+            height=request.height,
+            shift=request.shift,
+        )
+        with patch:
+            mu = pipeline_mu(pipe, request.width, request.height) if kind.family == "flux1" else patch.mu
             image = pipe(
-                prompt_embeds=prompt_embeds,
-                pooled_prompt_embeds=pooled_prompt_embeds,
+                **embeds,
                 width=request.width,
                 height=request.height,
                 num_inference_steps=steps,
-                guidance_scale=variant.guidance if request.guidance is None else request.guidance,
+                guidance_scale=kind.guidance if request.guidance is None else request.guidance,
                 generator=torch.Generator("cpu").manual_seed(request.seed),
                 callback_on_step_end=on_step_end,
                 output_type="latent" if dype_tiles else "pil",
@@ -289,7 +300,7 @@ def _render(
 
 def generation_parameters(
     request: GenerateRequest,
-    variant: FluxVariant,
+    kind: ModelKind,
     config: DyPEConfig | None,
     pipe: Any,
     device: torch.device,
@@ -297,25 +308,27 @@ def generation_parameters(
     mus: list[float | None],
 ) -> dict[str, Any]:
     """Every parameter of a finished run, JSON-ready: what the PNG metadata holds."""
-    vae_decode = vae_decode_mode(request.width, request.height, request.offload)
+    vae_decode = vae_decode_mode(request.width, request.height, request.offload, kind.family)
     parameters: dict[str, Any] = {
         "software": _software(),
         "model": request.model,
-        "variant": variant.name,
+        "pipeline": kind.pipeline,
+        "family": kind.family,
+        "variant": kind.name,
         "prompt": request.prompt,
         "width": request.width,
         "height": request.height,
         "seed": request.seed,
-        "steps": request.steps or variant.steps,
-        "guidance": variant.guidance if request.guidance is None else request.guidance,
-        "max_sequence_length": request.max_sequence_length or variant.max_sequence_length,
+        "steps": request.steps or kind.steps,
+        "guidance": kind.guidance if request.guidance is None else request.guidance,
+        "max_sequence_length": request.max_sequence_length or kind.max_sequence_length,
         "scheduler": type(pipe.scheduler).__name__,
         "preset": request.preset,
         "method": request.method,
         "requested_scale": request.dype_scale,
         "requested_exponent": request.dype_exponent,
         "shift": request.shift,
-        **dype_parameters(config),
+        **dype_parameters(config, kind.family),
         "mu": mus[-1],
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
@@ -341,41 +354,50 @@ def generate(
     log = log or (lambda _message: None)
     bars = progress or _no_bars
     clock = _Clock()
-    config = request.dype_config()
     device = pick_device(request.device, request.offload)
     dtype = torch_dtype(request.dtype, device)
     path = resolve_model_path(request.model)
-    variant = read_variant(path)
+    kind = read_model_kind(path)
     check_config_files(path)
+    config = request.dype_config(kind.family)  # the family's base resolution and isotropy
+    if request.compare and config is None:
+        raise ValueError(
+            f"--compare needs DyPE on, but preset {request.preset!r} is off at {request.width}x{request.height} "
+            f"for {kind.pipeline} (auto and area switch on above 1.5 × its base resolution); use --preset 4k"
+        )
 
     panels = [(None, "DyPE off"), (config, describe_dype(config))] if request.compare else [(config, "")]
     images: list[Image.Image] = []
     mus: list[float | None] = []
+    max_sequence_length = request.max_sequence_length or kind.max_sequence_length
     with out_of_memory_hint(request, device):
         start = time.perf_counter()
-        pipe = load_pipeline(path, device, dtype, request.offload)
-        if vae_decode_mode(request.width, request.height, request.offload) == "diffusers tiled":
+        pipe = load_pipeline(path, kind, device, dtype, request.offload)
+        if vae_decode_mode(request.width, request.height, request.offload, kind.family) == "diffusers tiled":
             pipe.vae.enable_tiling()
         clock.phase("load", start)
-        log(f"loaded FLUX {variant.name} from {path} ({dtype}, {device}, offload {request.offload})")
+        log(f"loaded {kind.pipeline} ({kind.name}) from {path} ({dtype}, {device}, offload {request.offload})")
 
         start = time.perf_counter()
-        with torch.no_grad():
-            prompt_embeds, pooled_prompt_embeds, _ = pipe.encode_prompt(
-                prompt=request.prompt,
-                prompt_2=None,
-                device=pipe._execution_device,
-                max_sequence_length=request.max_sequence_length or variant.max_sequence_length,
-            )
-        clock.phase("encode", start)
+        if kind.family == "flux1":  # encode once for both panels
+            with torch.no_grad():
+                prompt_embeds, pooled_prompt_embeds, _ = pipe.encode_prompt(
+                    prompt=request.prompt,
+                    prompt_2=None,
+                    device=pipe._execution_device,
+                    max_sequence_length=max_sequence_length,
+                )
+            embeds: dict[str, Any] = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds}
+            clock.phase("encode", start)
+        else:
+            embeds = {"prompt": request.prompt, "max_sequence_length": max_sequence_length}
         for panel_config, _label in panels:
             tag = "" if len(panels) == 1 else (" (off)" if panel_config is None else " (on)")
-            embeds = (prompt_embeds, pooled_prompt_embeds)
-            image, mu = _render(pipe, request, variant, panel_config, embeds, clock, tag, bars)
+            image, mu = _render(pipe, request, kind, panel_config, embeds, clock, tag, bars)
             images.append(image)
             mus.append(mu)
 
-    parameters = generation_parameters(request, variant, config, pipe, device, dtype, mus)
+    parameters = generation_parameters(request, kind, config, pipe, device, dtype, mus)
     return GenerateResult(images, [label for _, label in panels], parameters, clock.timings)
 
 

@@ -1,9 +1,10 @@
-"""A diffusers-format FLUX model folder: where it is, what it is, and whether its configs are readable.
+"""A diffusers-format model folder: where it is, what it is, and whether its configs are readable.
 
 `resolve_model_path` finds the folder (a path, or a repo id looked up offline in the Hugging Face cache),
-`read_variant` says what kind of checkpoint it is (one small function returning a `FluxVariant`: the place
-to teach other pipeline kinds), `check_config_files` reads every JSON config so that a file that is not
-UTF-8 JSON is named before diffusers or a tokenizer trips over it. Each raises `GenerateError`.
+`read_model_kind` says what kind of checkpoint it is (FLUX.1 dev / schnell, FLUX.2 Klein / dev, Chroma,
+Z-Image; a `ModelKind` with its family and usual defaults), `check_config_files` reads every JSON config
+so that a file that is not UTF-8 JSON is named before diffusers or a tokenizer trips over it. Each raises
+`GenerateError`.
 """
 
 from __future__ import annotations
@@ -20,20 +21,35 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
-class FluxVariant:
-    """What a checkpoint is, read from its configs: FLUX dev (guidance-distilled) or schnell (timestep-distilled).
+class ModelKind:
+    """What a checkpoint is, read from its configs, and the usual settings for it.
 
     Attributes:
-        name: "dev" when the transformer embeds guidance, else "schnell".
-        dynamic_shift: the scheduler shifts sigmas by resolution (dev) — the μ DyPE pins.
-        steps, guidance, max_sequence_length: the usual defaults for that variant.
+        pipeline: the diffusers pipeline class that loads it (model_index.json's `_class_name`).
+        family: its RoPE family (`dype.families`).
+        name: what users call it ("dev", "schnell", "klein", "klein-base", "flux2-dev", "chroma", "z-image").
+        dynamic_shift: the scheduler shifts sigmas by resolution (the μ DyPE pins).
+        steps, guidance, max_sequence_length: the defaults for that kind (the model cards' usual values;
+            for Z-Image, Turbo's 8 steps without CFG when the scheduler is static as Turbo ships it).
     """
 
+    pipeline: str
+    family: str
     name: str
     dynamic_shift: bool
     steps: int
     guidance: float
     max_sequence_length: int
+
+
+# The text-to-image pipelines `dype generate` runs: class name → (family, transformer class).
+GENERATE_PIPELINES: dict[str, tuple[str, str]] = {
+    "FluxPipeline": ("flux1", "FluxTransformer2DModel"),
+    "Flux2KleinPipeline": ("flux2", "Flux2Transformer2DModel"),
+    "Flux2Pipeline": ("flux2", "Flux2Transformer2DModel"),
+    "ChromaPipeline": ("chroma", "ChromaTransformer2DModel"),
+    "ZImagePipeline": ("z_image", "ZImageTransformer2DModel"),
+}
 
 
 def resolve_model_path(model: str) -> Path:
@@ -42,7 +58,7 @@ def resolve_model_path(model: str) -> Path:
     if path.exists():
         if not path.is_dir():
             raise GenerateError(
-                f"--model {model}: not a folder. dype generate needs a diffusers-format FLUX folder "
+                f"--model {model}: not a folder. dype generate needs a diffusers-format model folder "
                 "(model_index.json, transformer/, vae/, ...), not a single-file checkpoint"
             )
         return path
@@ -76,27 +92,45 @@ def read_json(path: Path) -> Any:
 def _read_config(folder: Path, name: str) -> dict[str, Any]:
     path = folder / name
     if not path.is_file():
-        raise GenerateError(f"{folder}: not a diffusers-format FLUX folder (no {name})")
+        raise GenerateError(f"{folder}: not a diffusers-format model folder (no {name})")
     data = read_json(path)
     if not isinstance(data, dict):
         raise GenerateError(f"{path}: {name} is not a JSON object")
     return data
 
 
-def read_variant(path: Path) -> FluxVariant:
-    """Check that `path` holds a diffusers FLUX text-to-image pipeline and say whether it is dev or schnell."""
+def read_model_kind(path: Path) -> ModelKind:
+    """Check that `path` holds a supported text-to-image pipeline and say which kind of checkpoint it is."""
     index = _read_config(path, "model_index.json")
-    if list(index.get("transformer") or [])[-1:] != ["FluxTransformer2DModel"]:
+    pipeline = index.get("_class_name")
+    if pipeline not in GENERATE_PIPELINES:
         raise GenerateError(
-            f"{path}: not a FLUX pipeline (model_index.json names transformer {index.get('transformer')!r}, "
-            "expected FluxTransformer2DModel)"
+            f"{path}: model_index.json names the pipeline {pipeline!r}; dype generate runs "
+            f"{', '.join(GENERATE_PIPELINES)}"
+        )
+    family, transformer_class = GENERATE_PIPELINES[pipeline]
+    if list(index.get("transformer") or [])[-1:] != [transformer_class]:
+        raise GenerateError(
+            f"{path}: not a {pipeline} checkpoint (model_index.json names transformer "
+            f"{index.get('transformer')!r}, expected {transformer_class})"
         )
     transformer = _read_config(path, "transformer/config.json")
     scheduler = _read_config(path, "scheduler/scheduler_config.json")
-    dynamic_shift = bool(scheduler.get("use_dynamic_shifting", False))
-    if transformer.get("guidance_embeds", False):
-        return FluxVariant("dev", dynamic_shift, 28, 3.5, 512)
-    return FluxVariant("schnell", dynamic_shift, 4, 0.0, 256)
+    dynamic = bool(scheduler.get("use_dynamic_shifting", False))
+    if pipeline == "FluxPipeline":
+        if transformer.get("guidance_embeds", False):
+            return ModelKind(pipeline, family, "dev", dynamic, 28, 3.5, 512)
+        return ModelKind(pipeline, family, "schnell", dynamic, 4, 0.0, 256)
+    if pipeline == "Flux2KleinPipeline":
+        if index.get("is_distilled", False):
+            return ModelKind(pipeline, family, "klein", dynamic, 4, 1.0, 512)
+        return ModelKind(pipeline, family, "klein-base", dynamic, 50, 4.0, 512)
+    if pipeline == "Flux2Pipeline":
+        return ModelKind(pipeline, family, "flux2-dev", dynamic, 50, 4.0, 512)
+    if pipeline == "ChromaPipeline":
+        return ModelKind(pipeline, family, "chroma", dynamic, 35, 5.0, 512)
+    turbo = not dynamic and scheduler.get("shift") == 3.0  # as Z-Image Turbo ships (reported, unverified)
+    return ModelKind(pipeline, family, "z-image", dynamic, 8 if turbo else 50, 0.0 if turbo else 5.0, 512)
 
 
 def check_config_files(path: Path) -> None:
