@@ -71,9 +71,10 @@ def test_generate_runs_each_family_with_dype(name, family, mu, checkpoints, tmp_
 
 def test_compare_checks_the_family_threshold_before_loading(checkpoints, tmp_path) -> None:
     """FLUX.2's base is 2048: auto is off at 2048 px, so --compare has nothing to compare."""
+    out = tmp_path / "c.png"
     code, _, stderr = cli(
-        "--model", str(checkpoints["klein"]), "--size", "2048x2048", *FAST, "--compare", "--out", str(tmp_path / "c.png")
-    )  # fmt: skip
+        "--model", str(checkpoints["klein"]), "--size", "2048x2048", *FAST, "--compare", "--out", str(out)
+    )
     assert code == 2 and "--compare needs DyPE on" in stderr and "Flux2KleinPipeline" in stderr
     assert not (tmp_path / "c.png").exists()
 
