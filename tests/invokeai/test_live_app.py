@@ -149,7 +149,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_git_url_install_loads_the_pack_and_imports_its_workflows(server):
     response = server.install
     assert response["success"] and response["name"] == PACK, response["message"]
-    assert response["workflows_imported"] == len(packaged_workflows()) == 1
+    assert response["workflows_imported"] == len(packaged_workflows()) == 3
     # InvokeAI notes the pyproject.toml (it installs nothing): no pip step is needed, docs/invokeai.md says so
     assert (response["requires_dependencies"], response["dependency_file"]) == (True, "pyproject.toml")
     assert (server.root / "nodes" / PACK / "src" / "dype" / "invokeai" / "__init__.py").is_file()
@@ -195,17 +195,18 @@ def test_linear_ui_batch_is_accepted_and_bad_values_get_422(server):
     for field, bad in (("dype_preset", "on"), ("dype_scale", 9), ("dype_method", "longrope")):
         status, result = server.enqueue(linear_ui_flux_batch(**{field: bad}))
         assert status == 422 and field in json.dumps(result), (field, result)
-    workflow = json.loads(packaged_workflows()[0].read_text())
-    body = {"batch": {"graph": workflow_graph(workflow, fill=FLUX_MODELS), "runs": 1}, "prepend": False}
-    status, result = server.enqueue(body)  # the shipped workflow, as the editor enqueues it
-    assert status == 200 and result["enqueued"] == 1, result
+    for path in packaged_workflows():  # each shipped workflow, as the editor enqueues it
+        workflow = json.loads(path.read_text())
+        body = {"batch": {"graph": workflow_graph(workflow, fill=FLUX_MODELS), "runs": 1}, "prepend": False}
+        status, result = server.enqueue(body)
+        assert status == 200 and result["enqueued"] == 1, (path.name, result)
     assert server.call("GET", "/api/v1/app/version")[0] == 200  # the server is still up
 
 
 def test_uninstall_from_the_nodes_tab_gives_invokeai_its_nodes_back_without_a_restart(server):
     status, result = server.call("DELETE", f"/api/v2/custom_nodes/{PACK}")
     assert status == 200 and result["success"], result
-    assert "Removed 1 workflow(s)" in result["message"]
+    assert "Removed 3 workflow(s)" in result["message"]
     assert server.packs() == {}
     schemas = server.schema()
     assert schemas["FluxDenoiseInvocation"]["version"] == "4.6.0"  # InvokeAI's own node again

@@ -35,7 +35,11 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_the_workflows_ship_in_the_package_and_in_a_clone():
-    assert [p.name for p in WORKFLOWS] == ["flux1-3840x2160-dype-tiled.json"]
+    assert [p.name for p in WORKFLOWS] == [
+        "flux1-3840x2160-dype-tiled.json",
+        "flux2-klein-2048-dype.json",
+        "z-image-3840x2160-dype-tiled.json",
+    ]
     assert all(p.is_relative_to(REPO / "src" / "dype" / "invokeai" / "workflows") for p in WORKFLOWS)
     # the Nodes-tab installer imports every *.json with "nodes" and "edges" anywhere in the clone
     in_clone = [REPO / name for name in clone_files() if name.suffix == ".json"]
@@ -84,6 +88,25 @@ def test_workflow_uses_real_nodes_fields_and_values(path):
     # What the editor enqueues, once the user picked the models: every value and edge type checks out.
     graph = Graph.model_validate(workflow_graph(workflow, fill=FLUX_MODELS))
     graph.validate_self()
+
+
+@pytest.mark.parametrize(
+    ("name", "denoise_type", "decode_type", "size", "preset"),
+    [
+        ("flux2-klein-2048-dype.json", "flux2_denoise", "flux2_vae_decode", (2048, 2048), "4k"),
+        ("z-image-3840x2160-dype-tiled.json", "z_image_denoise", "flux_vae_decode_tiled", (3840, 2160), "auto"),
+    ],
+)
+def test_the_new_family_workflows_are_what_they_say(name, denoise_type, decode_type, size, preset):
+    workflow = load(next(p for p in WORKFLOWS if p.name == name))
+    graph = Graph.model_validate(workflow_graph(workflow, fill=FLUX_MODELS))
+    (denoise,) = [n for n in graph.nodes.values() if n.get_type() == denoise_type]
+    (decode,) = [n for n in graph.nodes.values() if n.get_type() == decode_type]
+    assert type(denoise).__module__.startswith("dype.invokeai.")
+    assert ((denoise.width, denoise.height), denoise.dype_preset) == (size, preset)
+    assert any(e.source.node_id == denoise.id and e.destination.node_id == decode.id for e in graph.edges)
+    assert denoise.resolve_dype_config() is not None  # DyPE is on at this size
+    assert not decode.is_intermediate  # the image lands in the gallery
 
 
 def test_the_flux1_4k_workflow_is_what_it_says():

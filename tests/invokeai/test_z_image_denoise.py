@@ -49,13 +49,14 @@ from PIL import Image
 from pydantic import ValidationError
 
 import dype.invokeai
+from dype import pack_settings as settings
 from dype.cli import main as dype_main
 from dype.cli.invokeai import PACK_NAME
 from dype.config import DyPEConfig
 from dype.embed import DyPEEmbedder, DyPERopeEmbedder
 from dype.extension import DyPEExtension, active_patch
 from dype.families import Z_IMAGE
-from dype.invokeai import dispatch, settings
+from dype.invokeai import dispatch
 from dype.invokeai import z_image_denoise as ours_module
 from dype.invokeai.z_image_denoise import DYPE_SHIFT, ZImageDenoiseState, active_state
 from dype.invokeai.z_image_denoise import ZImageDenoiseInvocation as DyPEZImageDenoise

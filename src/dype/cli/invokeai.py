@@ -32,26 +32,42 @@ from pathlib import Path
 from typing import Any
 
 import dype
+from dype.pack_settings import DEFAULT_PRESET_CHOICES as PRESET_DEFAULTS
+from dype.validation import check_choice
 
 PACK_NAME = "dype_flux_pack"
 PACK_MARKER = "# written by `dype invokeai install`"
 MANIFEST_NAME = ".dype-install.json"  # the files `install` wrote, with their SHA-256
 WORKFLOWS_DIR = "workflows"
-PACK_INIT = f'''"""DyPE for InvokeAI's FLUX nodes: a loader for the installed `dype` package (no code here)."""
+PACK_INIT_TEMPLATE = f'''"""DyPE for InvokeAI's FLUX, FLUX.2 and Z-Image nodes: loads the installed dype package."""
 
 {PACK_MARKER}; remove with `dype invokeai uninstall --root <root>`.
 from pathlib import Path
 
 try:
-    import dype.invokeai
+    import dype.pack_settings
 except ImportError as error:  # InvokeAI logs this and carries on without the pack
     raise ImportError(
         "the dype node pack needs the dype package in InvokeAI's Python environment: install it there "
         "from the repository or a wheel (see docs/invokeai.md), or install the pack from the Nodes tab instead"
     ) from error
 
+# `dype invokeai install --default-preset`: what FLUX2 Denoise and Denoise - Z-Image use when no preset is set
+dype.pack_settings.set_default_preset("{{default_preset}}")
+
+import dype.invokeai  # noqa: E402  (after the settings: the nodes are defined on import)
+
 dype.invokeai.register(pack=Path(__file__).parent.name, folder=Path(__file__).parent)
 '''
+
+
+def pack_init(default_preset: str = "auto") -> str:
+    """The loader `install` writes, with the default preset of the FLUX.2 and Z-Image nodes."""
+    return PACK_INIT_TEMPLATE.replace(
+        "{default_preset}", check_choice("default_preset", default_preset, PRESET_DEFAULTS)
+    )
+
+
 CONFIG_FILE = "invokeai.yaml"
 DEFAULT_NODES_DIR = "nodes"
 NODES_DIR_SETTING = "custom_nodes_dir"
@@ -295,8 +311,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def install_pack(root: Path) -> Path:
-    """Write `<nodes>/dype_flux_pack/` (loader, workflows, manifest); idempotent. Returns the pack folder."""
+def install_pack(root: Path, default_preset: str = "auto") -> Path:
+    """Write `<nodes>/dype_flux_pack/` (loader, workflows, manifest); idempotent. Returns the pack folder.
+
+    Args:
+        default_preset: the `dype_preset` default of FLUX2 Denoise and Denoise - Z-Image (`auto` or `off`),
+            which the Linear UI, sending no DyPE field to them, always uses.
+    """
+    init = pack_init(default_preset)
     nodes = resolve_nodes_folder(root).path
     clones = git_clone_packs(nodes)
     if clones:
@@ -312,7 +334,7 @@ def install_pack(root: Path) -> Path:
     pack = nodes / PACK_NAME
     if (pack / "__init__.py").exists() and not is_ours(pack):
         raise ValueError(f"{pack} is a node pack not written by dype; move it away first")
-    files: dict[str, bytes] = {"__init__.py": PACK_INIT.encode("utf-8")}
+    files: dict[str, bytes] = {"__init__.py": init.encode("utf-8")}
     for workflow in packaged_workflows():
         with os_errors("read", workflow):
             files[f"{WORKFLOWS_DIR}/{workflow.name}"] = workflow.read_bytes()
@@ -407,8 +429,8 @@ def _one_line_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[
 def _install(args: argparse.Namespace) -> int:
     folder = resolve_nodes_folder(args.root)
     print(f"nodes folder: {folder.describe()}")
-    pack = install_pack(args.root)
-    print(f"installed the DyPE node pack: {pack}")
+    pack = install_pack(args.root, args.default_preset)
+    print(f"installed the DyPE node pack: {pack} (FLUX.2 and Z-Image default preset: {args.default_preset})")
     print(
         "restart InvokeAI (or Nodes tab ▸ Custom Nodes ▸ Reload); FLUX Denoise then shows the DyPE fields. "
         f"Example workflows (Workflow Library ▸ Upload): {pack / WORKFLOWS_DIR}"
@@ -472,4 +494,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--root", type=Path, required=True, help="the InvokeAI root (holds invokeai.yaml)")
+        if name == "install":
+            action.add_argument(
+                "--default-preset",
+                choices=PRESET_DEFAULTS,
+                default="auto",
+                help="dype_preset of FLUX2 Denoise and Denoise - Z-Image when a graph sets none (the Linear UI "
+                "never does): auto (default; off up to 1.5 × the base resolution, bit-identical to InvokeAI's "
+                "node there) or off (InvokeAI's behaviour everywhere unless a workflow sets a preset). "
+                "Takes effect at the next InvokeAI start",
+            )
         action.set_defaults(func=func)

@@ -10,7 +10,7 @@ restores both in `finally`; with no state, or DyPE off, it calls the original un
 
 FLUX.2's schedule in InvokeAI is already resolution independent (μ = 2.02 at every size, Heun shift 3),
 so there is nothing to pin. The Linear UI sends no DyPE field to this node: the preset default is what
-its users get (`auto`, see `dype.invokeai.settings`).
+its users get (`auto`, see `dype.pack_settings`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dype.extension import DyPEExtension
 from dype.families import FLUX2
 from dype.invokeai import dype_fields
 from dype.invokeai.dispatch import WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
-from dype.invokeai.settings import default_preset
+from dype.pack_settings import default_preset
 from dype.presets import DyPEPreset, resolve_dype_config
 
 INVOCATION_TYPE = "flux2_denoise"

@@ -37,7 +37,7 @@ from dype.extension import DyPEExtension
 from dype.families import Z_IMAGE
 from dype.invokeai import dype_fields
 from dype.invokeai.dispatch import WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
-from dype.invokeai.settings import default_preset
+from dype.pack_settings import default_preset
 from dype.presets import DyPEPreset, resolve_dype_config
 
 INVOCATION_TYPE = "z_image_denoise"

@@ -1,4 +1,7 @@
-"""Pack-wide settings chosen at install time (`dype invokeai install --default-preset off|auto`).
+"""InvokeAI node-pack settings chosen at install time (`dype invokeai install --default-preset off|auto`).
+
+This module lives outside `dype.invokeai` (and imports nothing of InvokeAI) so that a pack's `__init__.py`
+can set it before `import dype.invokeai` defines the nodes.
 
 InvokeAI's Linear UI sends no DyPE field to FLUX2 Denoise and Denoise - Z-Image, so the default of their
 `dype_preset` field is what every Linear-UI user gets. It is `auto` (off up to 1.5× the base resolution,
