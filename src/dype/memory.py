@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from dype.families import FLUX1
 from dype.tiled_vae import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, MIN_TILE_SIZE, plan_axis
 
 VAE_DECODE_BYTES_PER_PIXEL_BYTE = 2200  # InvokeAI's estimate_vae_working_memory_flux, decode
@@ -39,7 +40,7 @@ VAE_MID_LIVE_TENSORS = 8
 # Worst GroupNorm of FLUX's decoder for dype.tiled_vae: full-resolution blocks park 256 channels (the first
 # one's 256-channel input at norm1; h and the 1x1 shortcut, 128 + 128, at norm2).
 PARK_CHANNELS = 256
-FLUX_PATCH = 16  # pixels per image token (8x VAE, 2x2 patchify)
+FLUX_PATCH = FLUX1.pixels_per_token  # pixels per image token (8x VAE, 2x2 patchify)
 FLUX_HIDDEN = 3072
 FLUX_HEADS = 24
 FLUX_LIVE_HIDDEN_WIDTHS = 20

@@ -174,8 +174,8 @@ def _wrap_get_schedule(original: Callable[..., list[float]]) -> Callable[..., li
     def get_schedule(
         num_steps: int,
         image_seq_len: int,
-        base_shift: float = 0.5,
-        max_shift: float = 1.15,
+        base_shift: float = FLUX1.stock_mu.base_shift,  # InvokeAI's get_schedule defaults: FLUX.1's stock line
+        max_shift: float = FLUX1.stock_mu.max_shift,
         shift: bool = True,
     ) -> list[float]:
         state = _STATE.get()

@@ -31,7 +31,7 @@ DYPE_METHOD_LABELS: dict[str, str] = {
     "base": "None (plain RoPE, for comparison)",
 }
 DYPE_SHIFT_LABELS: dict[str, str] = {
-    "official": "Official (μ = 1.15)",
+    "official": f"Official (μ = {FLUX1.dype_mu:g})",
     "stock": "Stock (FLUX resolution shift)",
 }
 
