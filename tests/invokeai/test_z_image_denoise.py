@@ -58,7 +58,8 @@ from dype.extension import DyPEExtension, active_patch
 from dype.families import Z_IMAGE
 from dype.invokeai import dispatch
 from dype.invokeai import z_image_denoise as ours_module
-from dype.invokeai.z_image_denoise import DYPE_SHIFT, ZImageDenoiseState, active_state
+from dype.invokeai.dispatch import DyPERun
+from dype.invokeai.z_image_denoise import DYPE_SHIFT, active_state
 from dype.invokeai.z_image_denoise import ZImageDenoiseInvocation as DyPEZImageDenoise
 from dype.math import dype_frequencies
 
@@ -545,19 +546,19 @@ def test_4096_schedule_is_the_1024_one_unless_shift_is_set():
     assert config is not None  # auto is on at 4096²
     stock = invocation._get_sigmas(invocation._calculate_shift(seq_len), 8)  # no state: InvokeAI's rule
     assert all(s > 0.99 for s in stock[:-1])  # every step at pure noise (FAMILIES.md §3.3)
-    with active_state(ZImageDenoiseState(config, 4096, 4096)):
+    with active_state(DyPERun(config, 4096, 4096)):
         sigmas = invocation._get_sigmas(invocation._calculate_shift(seq_len), 8)
     assert sigmas[:-1] == pytest.approx(ROWS_1024, abs=5e-4) and sigmas[-1] == 0.0
     # With Shift set, the core uses that field and never calls `_calculate_shift` (z_image_denoise.py:332-337);
     # the override does not pin either (end to end: test_dype_schedule_is_the_1024_one_end_to_end).
     user = make_node(DyPEZImageDenoise, width=4096, height=4096, steps=8, shift=2.0)
-    with active_state(ZImageDenoiseState(user.resolve_dype_config(), 4096, 4096)):
+    with active_state(DyPERun(user.resolve_dype_config(), 4096, 4096)):
         assert not user.pins_shift()
         assert user._calculate_shift(seq_len) == pytest.approx(make_node(CoreZImageDenoise)._calculate_shift(seq_len))
     # Heun and LCM keep their own linear schedules (`shift` only shapes the img2img preblend there).
     for scheduler in ("heun", "lcm"):
         other = make_node(DyPEZImageDenoise, width=4096, height=4096, scheduler=scheduler)
-        with active_state(ZImageDenoiseState(other.resolve_dype_config(), 4096, 4096)):
+        with active_state(DyPERun(other.resolve_dype_config(), 4096, 4096)):
             assert not other.pins_shift()
 
 
@@ -581,7 +582,7 @@ def test_log_line_for_heun_with_shift_says_the_shift_is_not_used():
     """Heun/LCM ignore Shift (the core builds them with shift 1): the log must not claim a shift."""
     invocation = make_node(DyPEZImageDenoise, scheduler="heun", shift=2.0, **ON)
     logger = logging.getLogger("test")
-    with active_state(ZImageDenoiseState(ON_CONFIG, SIZE, SIZE)), pytest.MonkeyPatch.context() as mp:
+    with active_state(DyPERun(ON_CONFIG, SIZE, SIZE)), pytest.MonkeyPatch.context() as mp:
         lines: list[str] = []
         mp.setattr(logger, "info", lines.append)
         invocation._log_enabled(logger, ON_CONFIG)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -68,22 +68,41 @@ class DenoiseState:
         return self.config is not None
 
 
-_STATE: ContextVar[DenoiseState | None] = ContextVar("dype_invokeai_denoise_state", default=None)
+StateT = TypeVar("StateT")
 
 
-def current_state() -> DenoiseState | None:
-    """The state of the invocation running on this thread, if it is ours."""
-    return _STATE.get()
+class NodeState(Generic[StateT]):
+    """One node's run state, per thread: our node sets it around `super()._run_diffusion()`, that node's
+    wrappers read it (unset: InvokeAI's own class, any other caller, any other thread)."""
+
+    def __init__(self, name: str) -> None:
+        self._var: ContextVar[StateT | None] = ContextVar(name, default=None)
+
+    def get(self) -> StateT | None:
+        return self._var.get()
+
+    @contextmanager
+    def active(self, state: StateT) -> Iterator[StateT]:
+        """Set `state` for the calls made inside the block (this thread/context only); reset in `finally`."""
+        token = self._var.set(state)
+        try:
+            yield state
+        finally:
+            self._var.reset(token)
 
 
-@contextmanager
-def active_state(state: DenoiseState) -> Iterator[DenoiseState]:
-    """Set `state` for the calls made inside the block (this thread/context only); reset in `finally`."""
-    token = _STATE.set(state)
-    try:
-        yield state
-    finally:
-        _STATE.reset(token)
+@dataclass(frozen=True)
+class DyPERun:
+    """What one FLUX2 Denoise / Denoise - Z-Image run asks of its wrapper: our config (None = off), the size."""
+
+    config: DyPEConfig | None
+    width: int
+    height: int
+
+
+_STATE: NodeState[DenoiseState] = NodeState("dype_invokeai_denoise_state")
+current_state = _STATE.get
+active_state = _STATE.active
 
 
 # --- the Euler N+1 fix -----------------------------------------------------------------------------

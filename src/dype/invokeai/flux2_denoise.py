@@ -18,10 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,7 +30,7 @@ from dype.config import DyPEConfig, DyPEMethod
 from dype.extension import DyPEExtension
 from dype.families import FLUX2
 from dype.invokeai import dype_fields
-from dype.invokeai.dispatch import WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
+from dype.invokeai.dispatch import DyPERun, NodeState, WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
 from dype.pack_settings import default_preset
 from dype.presets import DyPEPreset, resolve_dype_config
 
@@ -42,26 +39,9 @@ INVOCATION_VERSION = "1.7.0"  # core 6.14.2 is 1.6.0; new optional fields = mino
 FLUX2_DENOISE_MODULE = "invokeai.app.invocations.flux2_denoise"
 
 
-@dataclass(frozen=True)
-class Flux2DenoiseState:
-    """What one FLUX2 Denoise run asks of the `denoise` wrapper: our config (None = off) and the size."""
-
-    config: DyPEConfig | None
-    width: int
-    height: int
-
-
-_STATE: ContextVar[Flux2DenoiseState | None] = ContextVar("dype_invokeai_flux2_state", default=None)
-
-
-@contextmanager
-def active_state(state: Flux2DenoiseState) -> Iterator[None]:
-    """Set `state` for the calls made inside the block (this thread/context only); reset in `finally`."""
-    token = _STATE.set(state)
-    try:
-        yield
-    finally:
-        _STATE.reset(token)
+# This node's run state: its `_run_diffusion` sets it, its wrapper reads it.
+_STATE: NodeState[DyPERun] = NodeState("dype_invokeai_flux2_state")
+active_state = _STATE.active
 
 
 def _wrap_denoise(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -133,7 +113,7 @@ class Flux2DenoiseInvocation(CoreFlux2DenoiseInvocation):
         config = self.resolve_dype_config()
         if config is not None:
             _log_enabled(context.logger, config, self.width, self.height)
-        with active_state(Flux2DenoiseState(config, self.width, self.height)):
+        with active_state(DyPERun(config, self.width, self.height)):
             return super()._run_diffusion(context)
 
 

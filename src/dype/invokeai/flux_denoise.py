@@ -18,18 +18,13 @@ from dype import DyPEConfig
 from dype.config import DyPEMethod
 from dype.families import FLUX1
 from dype.invokeai.dispatch import DenoiseState, DyPEShift, active_state, install
+from dype.invokeai.dype_fields import DYPE_METHOD_LABELS
 from dype.invokeai.memory_plan import log_memory_plan
 from dype.presets import resolve_dype_config
 
 INVOCATION_TYPE = "flux_denoise"
 INVOCATION_VERSION = "4.7.0"  # core 6.14.2 is 4.6.0; new optional fields = minor bump
 
-DYPE_METHOD_LABELS: dict[str, str] = {
-    "vision_yarn": "Vision YaRN (default)",
-    "yarn": "YaRN (official DyPE)",
-    "ntk": "NTK",
-    "base": "None (plain RoPE, for comparison)",
-}
 DYPE_SHIFT_LABELS: dict[str, str] = {
     "official": f"Official (μ = {FLUX1.dype_mu:g})",
     "stock": "Stock (FLUX resolution shift)",

@@ -23,8 +23,6 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -36,7 +34,7 @@ from dype.config import DyPEConfig, DyPEMethod
 from dype.extension import DyPEExtension
 from dype.families import Z_IMAGE
 from dype.invokeai import dype_fields
-from dype.invokeai.dispatch import WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
+from dype.invokeai.dispatch import DyPERun, NodeState, WrapperTable, add_wrapper_table, install_wrappers, mark_wrapper
 from dype.pack_settings import default_preset
 from dype.presets import DyPEPreset, resolve_dype_config
 
@@ -47,33 +45,16 @@ Z_IMAGE_DENOISE_MODULE = "invokeai.app.invocations.z_image_denoise"
 DyPEShift = Literal["official", "stock"]
 
 
-@dataclass(frozen=True)
-class ZImageDenoiseState:
-    """What one Z-Image Denoise run asks of the wrapper: our config (None = off) and the size."""
-
-    config: DyPEConfig | None
-    width: int
-    height: int
-
-
-_STATE: ContextVar[ZImageDenoiseState | None] = ContextVar("dype_invokeai_z_image_state", default=None)
-
-
-@contextmanager
-def active_state(state: ZImageDenoiseState) -> Iterator[None]:
-    """Set `state` for the calls made inside the block (this thread/context only); reset in `finally`."""
-    token = _STATE.set(state)
-    try:
-        yield
-    finally:
-        _STATE.reset(token)
+# This node's run state: its `_run_diffusion` sets it, its wrapper reads it.
+_STATE: NodeState[DyPERun] = NodeState("dype_invokeai_z_image_state")
+active_state = _STATE.active
 
 
 def _wrap_regional_patch(original: Callable[..., AbstractContextManager[Any]]) -> Callable[..., Any]:
     signature = inspect.signature(original)
 
     @contextmanager
-    def with_dype(state: ZImageDenoiseState, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> Iterator[Any]:
+    def with_dype(state: DyPERun, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> Iterator[Any]:
         extension = DyPEExtension(state.config, width=state.width, height=state.height)
         with original(*args, **kwargs) as patched, extension.patched(transformer, host="diffusers_z_image"):
             yield patched
@@ -160,7 +141,7 @@ class ZImageDenoiseInvocation(CoreZImageDenoiseInvocation):
     def _run_diffusion(self, context: InvocationContext) -> torch.Tensor:
         install()
         config = self.resolve_dype_config()
-        with active_state(ZImageDenoiseState(config, self.width, self.height)):
+        with active_state(DyPERun(config, self.width, self.height)):
             if config is not None:
                 self._log_enabled(context.logger, config)
             return super()._run_diffusion(context)
