@@ -60,7 +60,7 @@ def plot_plan(plan: Plan, path: Path, title: str = "") -> Path:
     handles = sigma_panel.get_legend_handles_labels()[0] + kappa_panel.get_legend_handles_labels()[0]
     sigma_panel.legend(handles=handles, loc="upper right")
 
-    figure.suptitle(f"DyPE plan, {plan.width}×{plan.height} (W×H): {title}")
+    figure.suptitle(f"DyPE plan, {plan.family.title}, {plan.width}×{plan.height} (W×H): {title}")
     figure.tight_layout()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

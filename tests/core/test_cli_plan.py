@@ -190,3 +190,30 @@ def test_numpy_scalars_are_accepted_by_the_public_api() -> None:
     assert (direct.dype_scale, direct.dype_start_sigma, direct.enable_dype) == (3.0, 0.5, True)
     with pytest.raises(ValueError, match=r"dype_scale must be in \[0, 8\], got 9"):
         dype.DyPEConfig(dype_scale=np.float64(9.0))
+
+
+@pytest.mark.parametrize(("family", "slots"), [("flux2", 16), ("z_image", 24), ("chroma", 28)])
+def test_plan_for_each_family(family: str, slots: int, capsys, tmp_path) -> None:
+    target = tmp_path / f"{family}.png"
+    assert main(["plan", "--family", family, "--size", "4096x2048", "--steps", "4", "--plot", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"slots per axis ({slots})" in out
+    rows = [line for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert len(rows) == 4
+    for cell in (rows[0].split()[4], rows[0].split()[7]):
+        assert sum(int(n) for n in cell.split("/")) == slots
+    if family == "z_image":  # isotropic by default: both axes scaled by 4096/1024
+        assert "axis scales: rows 4, columns 4" in out
+        assert rows[0].split()[4] == rows[0].split()[7]
+    if family == "flux2":  # B = 2048: the rows are at the base, the columns at 2×
+        assert "axis scales: rows 1, columns 2" in out and "μ=2.020" in out
+    assert target.stat().st_size > 20_000
+
+
+def test_plan_family_options_are_checked(capsys) -> None:
+    assert main(["plan", "--family", "flux2", "--size", "2048x2048", "--variant", "schnell"]) == 2
+    assert "--variant schnell is a FLUX.1 variant" in capsys.readouterr().err
+    assert main(["plan", "--family", "z_image", "--size", "2048x1024", "--no-isotropic", "--steps", "2"]) == 0
+    assert "axis scales: rows 1, columns 2" in capsys.readouterr().out
+    assert main(["plan", "--size", "2048x2048", "--base-resolution", "1000"]) == 2
+    assert "base_resolution must be a positive multiple of 16" in capsys.readouterr().err
