@@ -503,8 +503,8 @@ def tiled_decode(
         The image (B, out_channels, H, W) in ``latents.dtype``, unclamped (like the models' decode).
     """
     config = TiledDecodeConfig(tile_size=tile_size, overlap=overlap, park=park)
-    if latents.dim() != 4:
-        raise ValueError(f"latents must be (B, C, H, W), got shape {tuple(latents.shape)}")
+    if latents.dim() != 4 or 0 in latents.shape:
+        raise ValueError(f"latents must be a non-empty (B, C, H, W) tensor, got shape {tuple(latents.shape)}")
     stages = _stages_for(vae)
     f = stages.scale
     if config.tile_size % f != 0 or config.overlap % f != 0:

@@ -42,6 +42,21 @@ def test_the_checkpoint_kind_is_read_from_its_configs(checkpoints: dict[str, Pat
     assert read_model_kind(tiny_flux_dir).family == "flux1"
 
 
+def test_flux2_dev_and_klein_base_are_told_apart(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """FLUX.2 dev (a Mistral text encoder: no tiny one is built here) is read from model_index.json alone."""
+    import shutil
+
+    for pipeline, distilled, expected in (("Flux2Pipeline", False, ("flux2-dev", 50, 4.0)),
+                                          ("Flux2KleinPipeline", False, ("klein-base", 50, 4.0))):  # fmt: skip
+        folder = tmp_path / expected[0]
+        shutil.copytree(checkpoints["klein"], folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        index.update({"_class_name": pipeline, "is_distilled": distilled})
+        (folder / "model_index.json").write_text(json.dumps(index))
+        kind = read_model_kind(folder)
+        assert (kind.pipeline, kind.family, (kind.name, kind.steps, kind.guidance)) == (pipeline, "flux2", expected)
+
+
 def png_parameters(path: Path) -> dict[str, str]:
     with Image.open(path) as image:
         return dict(image.text)

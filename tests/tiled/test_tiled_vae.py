@@ -133,6 +133,9 @@ def test_bad_inputs_raise(bfl_vae, latents):
         tiled_decode(torch.nn.Linear(2, 2), latents)
     with pytest.raises(ValueError, match="latents"):
         tiled_decode(bfl_vae, latents[0])
+    for empty in (latents[:, :, :0], latents[:, :, :, :0], latents[:0]):  # issue #12 item 9: a 0-size latent
+        with pytest.raises(ValueError, match=r"latents must be a non-empty \(B, C, H, W\) tensor"):
+            tiled_decode(bfl_vae, empty)
 
 
 def test_model_is_left_unchanged(bfl_vae, latents):
