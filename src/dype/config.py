@@ -63,6 +63,11 @@ class DyPEConfig:
         if self.isotropic is not None:
             object.__setattr__(self, "isotropic", check_bool("isotropic", self.isotropic))
 
+    @property
+    def sigma_dependent(self) -> bool:
+        """Whether the frequencies change with σ (dynamic and not `base`)."""
+        return self.enable_dype and self.method != "base"
+
     def base_resolution_for(self, family: str | RopeFamily) -> int:
         """B for `family`: this config's value, else the family's default; a multiple of its token side."""
         family = get_family(family)

@@ -14,7 +14,6 @@ repeated σ (Heun's second evaluation, the CFG pass) returns it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -49,7 +48,7 @@ def check_sigma(sigma: object) -> float:
         value = check_number("sigma", sigma)
     except ValueError as error:
         raise ValueError(f"sigma must be a finite number in [0, 1] or a one-value tensor, got {sigma!r}") from error
-    if not 0.0 <= value <= 1.0 or not math.isfinite(value):
+    if not 0.0 <= value <= 1.0:  # (check_number already refused a non-finite value)
         raise ValueError(f"sigma must be a finite number in [0, 1], got {value!r}")
     return value
 

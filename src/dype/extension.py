@@ -87,7 +87,7 @@ class ModelPatch:
             _ACTIVE[model] = self
             self._handles.append(time_module.register_forward_pre_hook(feed_sigma, with_kwargs=True))
             if host.guard is not None:
-                guard, dependent = host.guard, extension.sigma_dependent
+                guard, dependent = host.guard, extension.config.sigma_dependent
 
                 def check_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                     guard(module, args, kwargs, dependent)
@@ -141,11 +141,6 @@ class DyPEExtension:
         self.config = config
         self.width = check_multiple("width", width, PIXEL_MULTIPLE)
         self.height = check_multiple("height", height, PIXEL_MULTIPLE)
-
-    @property
-    def sigma_dependent(self) -> bool:
-        """Whether the frequencies change with σ (dynamic and not `base`)."""
-        return self.config.enable_dype and self.config.method != "base"
 
     def patched(self, model: nn.Module, host: str | HostAdapter | None = None) -> ModelPatch:
         """A patch of `model` for this generation (applied on `with` or `.apply()`).

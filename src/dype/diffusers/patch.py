@@ -356,7 +356,7 @@ class DyPEPatch:
                 )
         reasons = dict(self.kind.refused)
         name = type(self.pipe).__name__
-        dependent = self.config is not None and self.config.enable_dype and self.config.method != "base"
+        dependent = self.config is not None and self.config.sigma_dependent
         if name in reasons and dependent:
             raise ValueError(f"apply_dype cannot serve {name} with a dynamic method: {reasons[name]}")
 
