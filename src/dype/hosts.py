@@ -22,6 +22,12 @@ from dype.embed import DyPEEmbedder, DyPEEmbedND, DyPEPosEmbed, DyPERopeEmbedder
 from dype.families import CHROMA, FLUX1, FLUX2, Z_IMAGE, Layout, RopeFamily
 from dype.validation import check_number
 
+
+def class_names(obj: object) -> set[str]:
+    """The names of every class in `obj`'s MRO (hosts match by name, so neither diffusers nor InvokeAI is imported)."""
+    return {cls.__name__ for cls in type(obj).__mro__}
+
+
 CallGuard = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], bool], None]
 """guard(model, args, kwargs, sigma_dependent) raises ValueError for a call DyPE cannot serve."""
 
@@ -73,7 +79,7 @@ class HostAdapter:
     guard: CallGuard | None = None
 
     def matches(self, model: object) -> bool:
-        return any(cls.__name__ in self.model_classes for cls in type(model).__mro__)
+        return bool(class_names(model) & set(self.model_classes))
 
     def build_embedder(
         self, original: object, config: DyPEConfig, *, width: int, height: int

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from dype.config import DyPEConfig
 from dype.extension import DyPEExtension, active_patch
 from dype.families import CHROMA, FLUX1, FLUX2, Z_IMAGE, RopeFamily, check_image_side
+from dype.hosts import class_names
 from dype.presets import resolve_dype_config
 from dype.schedule import SHIFT_MODES
 from dype.validation import check_choice
@@ -144,14 +145,10 @@ SUPPORTED_PIPELINES: tuple[str, ...] = tuple(name for kind in PIPELINE_KINDS for
 _PINNED_SHIFT_KEYS = ("base_shift", "max_shift")
 
 
-def _class_names(obj: object) -> set[str]:
-    return {cls.__name__ for cls in type(obj).__mro__}
-
-
 def pipeline_kind(pipe: Any) -> PipelineKind:
     """The kind of `pipe`, from its transformer's class; ValueError naming the supported pipelines."""
     transformer = getattr(pipe, "transformer", None)
-    names = _class_names(transformer)
+    names = class_names(transformer)
     for kind in PIPELINE_KINDS:
         if names & set(kind.transformer_classes):
             return kind
@@ -173,10 +170,10 @@ def patched_models(pipe: Any, kind: PipelineKind) -> dict[str, nn.Module]:
     if controlnet is None:
         return models
     wanted = set(kind.controlnet_classes)
-    if _class_names(controlnet) & wanted:
+    if class_names(controlnet) & wanted:
         models["controlnet"] = controlnet
     for index, net in enumerate(getattr(controlnet, "nets", [])):  # FluxMultiControlNetModel
-        if _class_names(net) & wanted:
+        if class_names(net) & wanted:
             models[f"controlnet.nets.{index}"] = net
     return models
 
